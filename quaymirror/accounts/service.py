@@ -1,0 +1,168 @@
+"""Rules for users, organizations and robots."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from quaymirror.accounts.models import OrganizationMember, User
+from quaymirror.errors import InvalidRequest, NotFound, model_error
+from quaymirror.security.secrets import SecretBox
+
+# Quay's namespace rule (util/names.py): lowercase words joined by . _ or -, 2 to 255 characters.
+NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+ROBOT_SHORT_RE = re.compile(r"^[a-z][a-z0-9_]{1,254}$")
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def validate_namespace_name(name: str) -> None:
+    if not (2 <= len(name) <= 255) or not NAMESPACE_RE.match(name):
+        raise InvalidRequest(
+            "Invalid namespace name: use 2 to 255 lowercase letters, digits, and . _ - between them"
+        )
+
+
+def validate_email(email: str | None) -> None:
+    if email is not None and (len(email) > 255 or not EMAIL_RE.match(email)):
+        raise InvalidRequest("Invalid email address")
+
+
+def get_by_name(session: Session, name: str) -> User | None:
+    return session.scalars(select(User).where(User.username == name)).first()
+
+
+def _require_free(session: Session, name: str) -> None:
+    if get_by_name(session, name) is not None:
+        raise InvalidRequest("A user or organization with this name already exists")
+
+
+def create_user(session: Session, username: str, email: str | None = None, superuser: bool = False) -> User:
+    validate_namespace_name(username)
+    validate_email(email)
+    _require_free(session, username)
+    user = User(username=username, email=email, is_superuser=superuser)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def create_organization(session: Session, name: str, owner: User, email: str | None = None) -> User:
+    validate_namespace_name(name)
+    validate_email(email)
+    if owner.is_robot or owner.is_organization:
+        raise InvalidRequest("An organization must be owned by a user")
+    _require_free(session, name)
+    org = User(username=name, email=email, is_organization=True)
+    session.add(org)
+    session.flush()
+    session.add(OrganizationMember(organization_id=org.id, user_id=owner.id, role="admin"))
+    session.flush()
+    return org
+
+
+def organization(session: Session, name: str) -> User:
+    org = session.scalars(select(User).where(User.username == name, User.is_organization.is_(True))).first()
+    if org is None:
+        raise NotFound()
+    return org
+
+
+def organization_admins(session: Session, org: User) -> list[str]:
+    return list(
+        session.scalars(
+            select(User.username)
+            .join(OrganizationMember, OrganizationMember.user_id == User.id)
+            .where(OrganizationMember.organization_id == org.id, OrganizationMember.role == "admin")
+            .order_by(User.username)
+        )
+    )
+
+
+def organizations_of(session: Session, user: User) -> list[User]:
+    return list(
+        session.scalars(
+            select(User)
+            .join(OrganizationMember, OrganizationMember.organization_id == User.id)
+            .where(OrganizationMember.user_id == user.id)
+            .order_by(User.username)
+        )
+    )
+
+
+def robot_name(namespace: User, shortname: str) -> str:
+    return f"{namespace.username}+{shortname}"
+
+
+def get_robot(session: Session, full_name: str) -> User | None:
+    return session.scalars(select(User).where(User.username == full_name, User.is_robot.is_(True))).first()
+
+
+def robot_of(session: Session, namespace: User, shortname: str) -> User:
+    """The robot ``ns+short``, or Quay's 400 ``{"message": ...}`` when there is none."""
+    robot = get_robot(session, robot_name(namespace, shortname))
+    if robot is None:
+        raise model_error("Could not find robot with specified username")
+    return robot
+
+
+def create_robot(session: Session, box: SecretBox, namespace: User, shortname: str,
+                 description: str = "") -> tuple[User, str]:
+    """Create ``ns+short`` and return it with its token (the token is also kept, encrypted)."""
+    if namespace.is_robot:
+        raise InvalidRequest("Robots belong to a user or an organization")
+    if not ROBOT_SHORT_RE.match(shortname):
+        raise InvalidRequest(
+            "Invalid robot account shortname: start with a lowercase letter, then 1 to 254 of a-z 0-9 _"
+        )
+    if len(description) > 1024:
+        raise InvalidRequest("description: Longer than maximum length 1024.")
+    full = robot_name(namespace, shortname)
+    if get_by_name(session, full) is not None:
+        raise model_error(f"Existing robot with name: {full}")
+    token = secrets.token_urlsafe(48)
+    robot = User(username=full, is_robot=True, robot_namespace_id=namespace.id, description=description,
+                 robot_token=box.encrypt(token))
+    session.add(robot)
+    session.flush()
+    return robot, token
+
+
+def delete_robot(session: Session, robot: User) -> None:
+    from quaymirror.mirror.models import RepoMirrorConfig  # mirror depends on accounts, not the reverse
+
+    in_use = session.scalars(select(RepoMirrorConfig.id).where(RepoMirrorConfig.internal_robot_id == robot.id)).first()
+    if in_use is not None:
+        raise InvalidRequest("Robot is being used by a mirror")
+    session.delete(robot)
+    session.flush()
+
+
+def robot_view(box: SecretBox, robot: User) -> dict:
+    return {
+        "name": robot.username,
+        "created": robot.created.strftime("%a, %d %b %Y %H:%M:%S -0000"),
+        "last_accessed": None,
+        "description": robot.description,
+        "token": box.decrypt(robot.robot_token),
+        "unstructured_metadata": {},
+    }
+
+
+def search_entities(session: Session, prefix: str, include_orgs: bool, namespace: User | None,
+                    limit: int = 20) -> list[User]:
+    """Users (and optionally orgs, and a namespace's robots) whose name starts with ``prefix``."""
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    query = select(User).where(User.username.like(f"{escaped}%", escape="\\")).order_by(User.username)
+    users = [u for u in session.scalars(query.limit(200))]
+    results = []
+    for user in users:
+        if user.is_robot:
+            if namespace is None or user.robot_namespace_id != namespace.id:
+                continue
+        elif user.is_organization and not include_orgs:
+            continue
+        results.append(user)
+    return results[:limit]

@@ -1,0 +1,1 @@
+"""Bearer tokens, scopes and the permission rules of Quay."""

@@ -1,0 +1,134 @@
+"""Quay's permission rules: a caller's role on a repository, capped by the token's scopes."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from quaymirror.accounts.models import OrganizationMember, User
+from quaymirror.auth import scopes
+from quaymirror.auth.tokens import Caller
+from quaymirror.errors import AuthenticationRequired, Forbidden
+from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission
+
+
+def namespace_by_name(session: Session, name: str) -> User | None:
+    """A user or organization namespace (robots are not namespaces)."""
+    return session.scalars(select(User).where(User.username == name, User.is_robot.is_(False))).first()
+
+
+def is_namespace_admin(session: Session, user: User, namespace: User) -> bool:
+    """Owners of a user namespace and admins of an organization administer all of it."""
+    if user.is_robot:
+        return False
+    if user.id == namespace.id and not namespace.is_organization:
+        return True
+    if namespace.is_organization:
+        member = session.scalars(
+            select(OrganizationMember).where(
+                OrganizationMember.organization_id == namespace.id,
+                OrganizationMember.user_id == user.id,
+            )
+        ).first()
+        return member is not None and member.role == "admin"
+    return False
+
+
+def is_namespace_member(session: Session, user: User, namespace: User) -> bool:
+    if user.id == namespace.id or is_namespace_admin(session, user, namespace):
+        return True
+    if user.is_robot:
+        return user.robot_namespace_id == namespace.id
+    return session.scalars(
+        select(OrganizationMember.id).where(
+            OrganizationMember.organization_id == namespace.id, OrganizationMember.user_id == user.id
+        )
+    ).first() is not None
+
+
+def _cap(role: str | None, caller: Caller) -> str | None:
+    """Cap a role by the highest repository role the token's scopes allow."""
+    allowed = [scopes.SCOPE_ROLE[s] for s in caller.scopes if s in scopes.SCOPE_ROLE]
+    if role is None or not allowed:
+        return None
+    cap = max(allowed, key=ROLE_RANK.__getitem__)
+    return role if ROLE_RANK[role] <= ROLE_RANK[cap] else cap
+
+
+def uncapped_role(session: Session, user: User, namespace: User, repository: Repository | None) -> str | None:
+    if is_namespace_admin(session, user, namespace):
+        return "admin"
+    if repository is None:
+        return None
+    permission = session.scalars(
+        select(RepositoryPermission).where(
+            RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id
+        )
+    ).first()
+    return permission.role if permission else None
+
+
+def repository_role(session: Session, caller: Caller, namespace: User, repository: Repository | None) -> str | None:
+    return _cap(uncapped_role(session, caller.user, namespace, repository), caller)
+
+
+def superuser_passes(caller: Caller, full_access: bool) -> bool:
+    """Superusers act as admins only with full access switched on and a ``super:user`` token."""
+    return full_access and caller.user.is_superuser and caller.has_scope(scopes.SUPERUSER)
+
+
+def find_repository(session: Session, namespace: User, name: str) -> Repository | None:
+    return session.scalars(
+        select(Repository).where(Repository.namespace_id == namespace.id, Repository.name == name)
+    ).first()
+
+
+def require_repo_role(
+    session: Session,
+    caller: Caller | None,
+    namespace_name: str,
+    repo_name: str,
+    role: str,
+    *,
+    superuser_full_access: bool = False,
+    public_read: bool = True,
+) -> tuple[User | None, Repository | None]:
+    """Check ``role`` on ns/repo the way Quay does; return the namespace and repository (either may be None).
+
+    Anonymous → 401; authenticated without the role → 403; a missing namespace
+    is indistinguishable from a forbidden one (403); a missing repository in a
+    namespace the caller administers passes, so the handler answers 404.
+    """
+    namespace = namespace_by_name(session, namespace_name)
+    repository = find_repository(session, namespace, repo_name) if namespace else None
+    if (
+        role == "read"
+        and public_read
+        and repository is not None
+        and repository.visibility == "public"
+    ):
+        return namespace, repository
+    if caller is None:
+        raise AuthenticationRequired()
+    if superuser_passes(caller, superuser_full_access):
+        return namespace, repository
+    if namespace is None:
+        raise Forbidden()
+    granted = repository_role(session, caller, namespace, repository)
+    if granted is None or ROLE_RANK[granted] < ROLE_RANK[role]:
+        raise Forbidden()
+    return namespace, repository
+
+
+def require_namespace_admin(
+    session: Session, caller: Caller | None, namespace_name: str, scope: str, *, superuser_full_access: bool = False
+) -> User | None:
+    """Admin of a namespace with a given scope (robots, org creation of repos, permissions)."""
+    if caller is None:
+        raise AuthenticationRequired()
+    namespace = namespace_by_name(session, namespace_name)
+    if superuser_passes(caller, superuser_full_access):
+        return namespace
+    if namespace is None or not caller.has_scope(scope) or not is_namespace_admin(session, caller.user, namespace):
+        raise Forbidden()
+    return namespace

@@ -1,0 +1,1 @@
+"""Repository mirroring: configuration, API and the worker."""

@@ -1,0 +1,121 @@
+"""Quay's mirror tables: ``repomirrorconfig`` and ``repomirrorrule`` (enums stored as Quay's integers)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from quaymirror.accounts.models import User
+from quaymirror.db import Base, utcnow
+from quaymirror.repositories.models import Repository
+
+MAX_SYNC_RETRIES = 3
+VALID_ARCHITECTURES = frozenset({"amd64", "arm64", "ppc64le", "s390x"})
+
+
+class RepoMirrorStatus(enum.IntEnum):
+    CANCEL = -2
+    FAIL = -1
+    NEVER_RUN = 0
+    SUCCESS = 1
+    SYNCING = 2
+    SYNC_NOW = 3
+
+
+class RepoMirrorType(enum.IntEnum):
+    PULL = 1
+
+
+class RepoMirrorRuleType(enum.IntEnum):
+    TAG_GLOB_CSV = 1
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class RepoMirrorRule(Base):
+    __tablename__ = "repomirrorrule"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, unique=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"), index=True)
+    creation_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    rule_type: Mapped[int] = mapped_column(Integer, default=RepoMirrorRuleType.TAG_GLOB_CSV, index=True)
+    rule_value_json: Mapped[str] = mapped_column("rule_value", Text)
+    left_child_id: Mapped[int | None] = mapped_column(ForeignKey("repomirrorrule.id", ondelete="SET NULL"))
+    right_child_id: Mapped[int | None] = mapped_column(ForeignKey("repomirrorrule.id", ondelete="SET NULL"))
+
+    @property
+    def rule_value(self) -> list[str]:
+        return json.loads(self.rule_value_json)
+
+    @rule_value.setter
+    def rule_value(self, value: list[str]) -> None:
+        self.rule_value_json = json.dumps(list(value))
+
+
+class RepoMirrorConfig(Base):
+    __tablename__ = "repomirrorconfig"
+    __table_args__ = (
+        # The worker's eligibility scan: due rows first, by status then due time.
+        Index("ix_repomirrorconfig_due", "sync_status", "sync_start_date"),
+        Index("ix_repomirrorconfig_expiration", "sync_expiration_date"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"), unique=True)
+    creation_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    is_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    mirror_type: Mapped[int] = mapped_column(Integer, default=RepoMirrorType.PULL, index=True)
+    internal_robot_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
+    external_reference: Mapped[str] = mapped_column(Text)
+    # Encrypted at rest (quaymirror.security.secrets); never returned in clear except the username.
+    external_registry_username: Mapped[str | None] = mapped_column(String(4096))
+    external_registry_password: Mapped[str | None] = mapped_column(String(9000))
+    external_registry_config_json: Mapped[str] = mapped_column("external_registry_config", Text, default="{}")
+    architecture_filter_json: Mapped[str | None] = mapped_column("architecture_filter", Text, default="[]")
+    sync_interval: Mapped[int] = mapped_column(Integer, server_default="60")
+    sync_start_date: Mapped[datetime | None] = mapped_column(DateTime)
+    sync_expiration_date: Mapped[datetime | None] = mapped_column(DateTime)
+    sync_retries_remaining: Mapped[int] = mapped_column(Integer, default=MAX_SYNC_RETRIES, server_default="3")
+    sync_status: Mapped[int] = mapped_column(Integer, default=RepoMirrorStatus.NEVER_RUN, index=True)
+    # Optimistic lock of the configuration: renewed by every write (API and worker).
+    sync_transaction_id: Mapped[str | None] = mapped_column(String(36), default=new_uuid, index=True)
+    # The claim, kept apart from the config's version so a PUT during a sync cannot strand it.
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    root_rule_id: Mapped[int] = mapped_column(ForeignKey("repomirrorrule.id"), index=True)
+    skopeo_timeout: Mapped[int] = mapped_column(BigInteger, server_default="300")
+
+    repository: Mapped[Repository] = relationship()
+    internal_robot: Mapped[User] = relationship()
+    root_rule: Mapped[RepoMirrorRule] = relationship()
+
+    @property
+    def external_registry_config(self) -> dict[str, Any]:
+        value = json.loads(self.external_registry_config_json or "{}")
+        return value if isinstance(value, dict) else {}
+
+    @external_registry_config.setter
+    def external_registry_config(self, value: dict[str, Any]) -> None:
+        self.external_registry_config_json = json.dumps(value)
+
+    @property
+    def architecture_filter(self) -> list[str]:
+        value = json.loads(self.architecture_filter_json or "[]")
+        return value if isinstance(value, list) else []
+
+    @architecture_filter.setter
+    def architecture_filter(self, value: list[str] | None) -> None:
+        self.architecture_filter_json = json.dumps(list(value or []))
+
+    @property
+    def status(self) -> RepoMirrorStatus:
+        return RepoMirrorStatus(self.sync_status)

@@ -1,0 +1,170 @@
+"""Every change of ``sync_status`` happens here: the API and the worker both call these transitions.
+
+Each transition is one conditional UPDATE, so concurrent API replicas and
+workers never overwrite each other: the row's ``sync_transaction_id`` (config
+version) guards the API's writes and the claim, and ``lease_token`` (the
+claim) guards the worker's release, so a PUT during a sync cannot strand it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.orm import Session
+
+from quaymirror.db import utcnow
+from quaymirror.mirror.models import MAX_SYNC_RETRIES, RepoMirrorConfig, RepoMirrorStatus, new_uuid
+
+S = RepoMirrorStatus
+C = RepoMirrorConfig
+
+
+def request_sync_now(session: Session, config: RepoMirrorConfig) -> bool:
+    """Quay's sync-now: from any state but a live SYNCING (an expired lease may be re-queued)."""
+    now = utcnow()
+    result = session.execute(
+        update(C)
+        .where(
+            C.id == config.id,
+            C.sync_transaction_id == config.sync_transaction_id,
+            or_(
+                C.sync_status != S.SYNCING,
+                and_(C.sync_expiration_date.is_not(None), C.sync_expiration_date <= now),
+            ),
+        )
+        .values(
+            sync_status=S.SYNC_NOW,
+            sync_expiration_date=None,
+            lease_token=None,
+            lease_owner=None,
+            sync_retries_remaining=max(config.sync_retries_remaining, 1),
+            sync_transaction_id=new_uuid(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def cancel(session: Session, config: RepoMirrorConfig) -> bool:
+    """Quay's sync-cancel: forced (no version check) from SYNCING or SYNC_NOW; retries 0."""
+    result = session.execute(
+        update(C)
+        .where(C.id == config.id, C.sync_status.in_([S.SYNCING, S.SYNC_NOW]))
+        .values(
+            sync_status=S.CANCEL,
+            sync_expiration_date=None,
+            sync_retries_remaining=0,
+            sync_transaction_id=new_uuid(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def eligible_clause(now: datetime):
+    """Quay's three eligibility filters (immediate, ready, expired lease)."""
+    return or_(
+        and_(C.sync_status == S.SYNC_NOW, C.sync_expiration_date.is_(None)),
+        and_(
+            C.sync_start_date <= now,
+            C.sync_retries_remaining > 0,
+            C.sync_status != S.SYNCING,
+            C.sync_status != S.SYNC_NOW,
+            C.sync_expiration_date.is_(None),
+            C.is_enabled.is_(True),
+        ),
+        # Unlike Quay, an expired SYNCING lease is reclaimed whatever the schedule says.
+        and_(C.sync_status == S.SYNCING, C.sync_expiration_date <= now),
+    )
+
+
+@dataclass(frozen=True)
+class Lease:
+    config_id: int
+    token: str
+    expires: datetime
+
+
+def claim(session: Session, config_id: int, transaction_id: str | None, owner: str,
+          lease_seconds: int) -> Lease | None:
+    """Take the mirror for one run, if it is still eligible and nobody changed it since it was read."""
+    now = utcnow()
+    token = new_uuid()
+    expires = now + timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(C)
+        .where(C.id == config_id, C.sync_transaction_id == transaction_id, eligible_clause(now))
+        .values(
+            sync_status=S.SYNCING,
+            sync_expiration_date=expires,
+            lease_token=token,
+            lease_owner=owner,
+            sync_transaction_id=new_uuid(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return Lease(config_id, token, expires) if result.rowcount == 1 else None
+
+
+def renew(session: Session, lease: Lease, lease_seconds: int) -> Lease | None:
+    """Extend a lease still held; None when it was lost (cancelled, or reclaimed after expiry)."""
+    expires = utcnow() + timedelta(seconds=lease_seconds)
+    result = session.execute(
+        update(C)
+        .where(C.id == lease.config_id, C.lease_token == lease.token, C.sync_status == S.SYNCING)
+        .values(sync_expiration_date=expires)
+        .execution_options(synchronize_session=False)
+    )
+    return Lease(lease.config_id, lease.token, expires) if result.rowcount == 1 else None
+
+
+def next_start(start: datetime | None, interval: int, now: datetime) -> datetime | None:
+    """The first point of the grid ``start + k*interval`` strictly after now (Quay's arithmetic).
+
+    Unlike Quay, a zero interval means "no schedule" (only sync-now runs it) and a
+    missing start counts from now, instead of crashing the release.
+    """
+    if interval <= 0:
+        return None
+    base = start or now
+    if base > now:
+        return base
+    delta = now - base
+    elapsed = delta.days * 86400 + delta.seconds
+    return now + timedelta(seconds=interval - (elapsed % interval))
+
+
+def release(session: Session, lease: Lease, outcome: RepoMirrorStatus) -> bool:
+    """End a run with SUCCESS, FAIL or CANCEL; a cancel that arrived meanwhile wins.
+
+    Returns False when the lease was no longer ours (reclaimed after expiry).
+    """
+    row = session.get(C, lease.config_id, populate_existing=True, with_for_update=not _is_sqlite(session))
+    if row is None or row.lease_token != lease.token:
+        return False
+    now = utcnow()
+    values: dict = {"sync_expiration_date": None, "lease_token": None, "lease_owner": None,
+                    "sync_transaction_id": new_uuid()}
+    if row.sync_status == S.CANCEL or outcome == S.CANCEL:
+        values.update(sync_status=S.CANCEL, sync_retries_remaining=0)
+    else:
+        retries = row.sync_retries_remaining
+        if outcome == S.FAIL:
+            retries = max(0, retries - 1)
+        if outcome == S.SUCCESS or retries < 1:
+            values.update(sync_start_date=next_start(row.sync_start_date, row.sync_interval, now),
+                          sync_retries_remaining=MAX_SYNC_RETRIES)
+        else:
+            values.update(sync_retries_remaining=retries)
+        values["sync_status"] = outcome
+    result = session.execute(
+        update(C).where(C.id == lease.config_id, C.lease_token == lease.token).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
+def _is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"

@@ -1,0 +1,1 @@
+"""The mirror worker: scheduler, claim, sync run, record."""

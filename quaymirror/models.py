@@ -1,0 +1,20 @@
+"""Imports every domain's models so the metadata (and alembic) sees all tables."""
+
+from quaymirror.accounts.models import OrganizationMember, User
+from quaymirror.audit import LogEntry
+from quaymirror.auth.models import AccessToken
+from quaymirror.db import Base
+from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
+from quaymirror.repositories.models import Repository, RepositoryPermission
+
+__all__ = [
+    "AccessToken",
+    "Base",
+    "LogEntry",
+    "OrganizationMember",
+    "RepoMirrorConfig",
+    "RepoMirrorRule",
+    "Repository",
+    "RepositoryPermission",
+    "User",
+]

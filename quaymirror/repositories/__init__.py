@@ -1,0 +1,1 @@
+"""Repositories, their state and their permissions."""

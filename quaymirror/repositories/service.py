@@ -1,0 +1,126 @@
+"""Rules for repositories, their state and their permissions."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from quaymirror import audit
+from quaymirror.accounts.models import User
+from quaymirror.errors import InvalidRequest, NotFound
+from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission, RepositoryState
+
+# Quay's repository name rule (util/names.py REPOSITORY_NAME_REGEX).
+REPOSITORY_NAME_RE = re.compile(r"^[a-z0-9][._a-z0-9-]*$")
+
+
+def validate_repository_name(name: str) -> None:
+    if not (1 <= len(name) <= 255) or not REPOSITORY_NAME_RE.match(name):
+        raise InvalidRequest("Invalid repository name")
+
+
+def get(session: Session, namespace: User, name: str) -> Repository | None:
+    return session.scalars(
+        select(Repository).where(Repository.namespace_id == namespace.id, Repository.name == name)
+    ).first()
+
+
+def require(repository: Repository | None) -> Repository:
+    if repository is None or repository.state == RepositoryState.MARKED_FOR_DELETION:
+        raise NotFound()
+    return repository
+
+
+def create(session: Session, namespace: User, name: str, *, visibility: str = "private",
+           description: str = "", state: RepositoryState = RepositoryState.NORMAL,
+           performer: User | None = None) -> Repository:
+    validate_repository_name(name)
+    if namespace.is_robot:
+        raise InvalidRequest("Robots cannot own repositories")
+    if get(session, namespace, name) is not None:
+        raise InvalidRequest("Repository already exists")
+    repository = Repository(namespace_id=namespace.id, name=name, visibility=visibility,
+                            description=description or "", state=int(state))
+    session.add(repository)
+    session.flush()
+    audit.record(session, "create_repo", repository_id=repository.id,
+                 performer_id=performer.id if performer else None,
+                 repo=name, namespace=namespace.username)
+    return repository
+
+
+def delete(session: Session, repository: Repository, performer: User | None = None) -> None:
+    audit.record(session, "delete_repo", performer_id=performer.id if performer else None,
+                 repo=repository.name, namespace=repository.namespace.username)
+    session.delete(repository)
+    session.flush()
+
+
+def change_state(session: Session, repository: Repository, state_name: str,
+                 performer: User | None = None, ip: str | None = None) -> None:
+    try:
+        state = RepositoryState[state_name]
+    except KeyError:
+        raise InvalidRequest(f"{state_name} is not a valid Repository state.") from None
+    repository.state = int(state)
+    audit.record(session, "change_repo_state", repository_id=repository.id,
+                 performer_id=performer.id if performer else None, ip=ip,
+                 repo=repository.name, namespace=repository.namespace.username, state_changed=state.name)
+    session.flush()
+
+
+def permission_of(session: Session, repository: Repository, user: User) -> RepositoryPermission | None:
+    return session.scalars(
+        select(RepositoryPermission).where(
+            RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id
+        )
+    ).first()
+
+
+def set_permission(session: Session, repository: Repository, user: User, role: str,
+                   performer: User | None = None) -> RepositoryPermission:
+    if role not in ROLE_RANK:
+        raise InvalidRequest(f"Invalid role: {role}")
+    if user.is_organization:
+        raise InvalidRequest(f"Invalid username: {user.username}")
+    if user.is_robot and user.robot_namespace_id != repository.namespace_id:
+        raise InvalidRequest("Cannot add robot permission for robot in a different namespace")
+    permission = permission_of(session, repository, user)
+    if permission is None:
+        permission = RepositoryPermission(repository_id=repository.id, user_id=user.id, role=role)
+        session.add(permission)
+    else:
+        permission.role = role
+    audit.record(session, "change_repo_permission", repository_id=repository.id,
+                 performer_id=performer.id if performer else None,
+                 repo=repository.name, namespace=repository.namespace.username,
+                 username=user.username, role=role)
+    session.flush()
+    return permission
+
+
+def ensure_at_least(session: Session, repository: Repository, user: User, role: str) -> None:
+    """Raise ``user``'s direct role to ``role`` when it has less; never downgrade."""
+    permission = permission_of(session, repository, user)
+    if permission is None or ROLE_RANK[permission.role] < ROLE_RANK[role]:
+        set_permission(session, repository, user, role)
+
+
+def remove_permission(session: Session, repository: Repository, user: User) -> None:
+    permission = permission_of(session, repository, user)
+    if permission is None:
+        raise NotFound()
+    session.delete(permission)
+    session.flush()
+
+
+def permissions(session: Session, repository: Repository) -> list[RepositoryPermission]:
+    return list(
+        session.scalars(
+            select(RepositoryPermission)
+            .where(RepositoryPermission.repository_id == repository.id)
+            .order_by(RepositoryPermission.id)
+        )
+    )

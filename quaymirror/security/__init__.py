@@ -1,0 +1,1 @@
+"""Security helpers: SSRF checks for registry references and secret encryption."""

@@ -1,0 +1,101 @@
+"""Process entry points: the production API server (gunicorn) and the worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+from quaymirror.settings import Settings
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_USER = "admin"
+
+
+def bootstrap_admin(settings: Settings) -> str | None:
+    """On an empty embedded instance, create an ``admin`` superuser and return a full-scope token.
+
+    The token is also written to ``<instance>/admin-token`` (mode 0600) so it can be read again.
+    """
+    from sqlalchemy import func, select
+
+    from quaymirror.accounts import service as accounts
+    from quaymirror.accounts.models import User
+    from quaymirror.auth import scopes
+    from quaymirror.auth.tokens import issue
+    from quaymirror.db import Database
+
+    database = Database(settings.database_url)
+    try:
+        with database.transaction() as session:
+            if session.scalar(select(func.count(User.id))):
+                return None
+            admin = accounts.create_user(session, BOOTSTRAP_USER, superuser=True)
+            token = issue(session, admin, frozenset(scopes.ALL_SCOPES))
+    finally:
+        database.dispose()
+    path = settings.instance_path / "admin-token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings, options: dict, with_worker: bool) -> None:
+        self._settings = settings
+        self._options = options
+        self._with_worker = with_worker
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        from quaymirror.app import create_app
+
+        app = create_app(self._settings)
+        if self._with_worker:
+            from quaymirror.mirror.worker.runner import start_in_process
+
+            start_in_process(app, self._settings)
+        return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, with_worker: bool = True) -> None:
+    from quaymirror import db
+
+    if settings.is_sqlite:
+        settings.instance_path.mkdir(parents=True, exist_ok=True)
+        db.upgrade(settings.database_url)
+        token = bootstrap_admin(settings)
+        if token:
+            print(f"Created user '{BOOTSTRAP_USER}'. Admin token (also in {settings.instance_path}/admin-token):")
+            print(token, flush=True)
+    # The embedded worker lives in the one API process, so sync-now can wake it directly.
+    workers = 1 if with_worker else settings.api_workers
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": 8,
+        "timeout": 60,
+        "graceful_timeout": 4,
+        "keepalive": 5,
+        "accesslog": "-",
+        "errorlog": "-",
+        "loglevel": "info",
+        "preload_app": False,
+    }
+    print(f"quaymirror listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    _Gunicorn(settings, options, with_worker).run()
+
+
+def run_worker(settings: Settings) -> None:
+    from quaymirror.mirror.worker.runner import run_forever
+
+    run_forever(settings)

@@ -1,0 +1,82 @@
+"""Request plumbing shared by every domain's resources: the session, the caller, the body."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import current_app, g, request
+from marshmallow import Schema, ValidationError
+from sqlalchemy.orm import Session
+
+from quaymirror.auth.tokens import Caller, current_caller
+from quaymirror.db import Database
+from quaymirror.errors import InvalidRequest
+from quaymirror.settings import Settings
+
+
+def settings() -> Settings:
+    return current_app.extensions["quaymirror.settings"]
+
+
+def database() -> Database:
+    return current_app.extensions["quaymirror.db"]
+
+
+def session() -> Session:
+    """The request's session, opened on first use and closed at teardown."""
+    if "db_session" not in g:
+        g.db_session = database().sessionmaker()
+    return g.db_session
+
+
+def caller(required: bool = True) -> Caller | None:
+    return current_caller(current_app.extensions["quaymirror.protector"], required=required)
+
+
+def client_ip() -> str | None:
+    return request.remote_addr
+
+
+@contextmanager
+def atomic(db_session: Session) -> Iterator[Session]:
+    """Commit everything done inside as one unit, or nothing."""
+    try:
+        yield db_session
+        db_session.commit()
+    except BaseException:
+        db_session.rollback()
+        raise
+
+
+def first_error(messages: Any, path: str = "") -> str:
+    """One readable line naming the first invalid field, from marshmallow's nested messages."""
+    if isinstance(messages, dict):
+        key = min(messages, key=str)
+        name = f"{path}.{key}" if path and key != "_schema" else (path or str(key))
+        return first_error(messages[key], name)
+    if isinstance(messages, list) and messages:
+        if all(isinstance(m, str) for m in messages):
+            return f"{path}: {messages[0]}" if path and path != "_schema" else messages[0]
+        return first_error(messages[0], path)
+    return f"{path}: {messages}" if path else str(messages)
+
+
+def json_body() -> Any:
+    """The parsed JSON body; malformed JSON and wrong content types answer as Quay (400 / 415)."""
+    data = request.get_json()
+    if data is None:
+        raise InvalidRequest("Missing JSON body")
+    return data
+
+
+def load(schema: Schema, data: Any = None) -> dict[str, Any]:
+    """Validate ``data`` (default: the JSON body) with ``schema``; a violation is a 400 naming the field."""
+    payload = json_body() if data is None else data
+    if not isinstance(payload, dict):
+        raise InvalidRequest(f"Request body must be a JSON object, not {type(payload).__name__}")
+    try:
+        return schema.load(payload)
+    except ValidationError as error:
+        raise InvalidRequest(first_error(error.messages)) from None
