@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from logging.config import fileConfig
 
 from alembic import context
@@ -17,12 +18,18 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
+    """The URL given by the caller, else QUAYMIRROR_DATABASE_URL or the embedded default.
+
+    Only the URL is read: running ``alembic`` must not generate a secret key as a side effect.
+    """
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from quaymirror.settings import Settings
+    from quaymirror.settings import PREFIX, database_url_from_env, instance_path_from_env
 
-    return Settings.from_env().database_url
+    if not os.environ.get(PREFIX + "DATABASE_URL"):  # the embedded default lives in the instance folder
+        instance_path_from_env().mkdir(parents=True, exist_ok=True)
+    return database_url_from_env()
 
 
 def run_migrations_offline() -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, request
+from flask import Flask, Response, g, request
 from flask_restful import Api
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RequestRedirect
 
 from quaymirror import errors, web
 from quaymirror.auth.tokens import make_protector
@@ -25,7 +26,33 @@ CORS_HEADERS = {
 }
 
 
-def render_error(error: BaseException):
+# Errors that mean "the database cannot be reached right now", not "this request is wrong".
+DB_UNAVAILABLE = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sa_exc.DisconnectionError,
+)
+
+
+def _database_error(error: BaseException) -> Response | None:
+    """503 when the database is away; 400 for values or conflicts the database refused."""
+    if isinstance(error, DB_UNAVAILABLE) or (
+        isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated
+    ):
+        log.warning("database unavailable: %s", str(error).splitlines()[0] if str(error) else type(error).__name__)
+        return errors.ServiceUnavailable().response()
+    if isinstance(error, sa_exc.IntegrityError):
+        # A concurrent request created the same thing between our check and our insert.
+        log.info("integrity error: %s", str(error).splitlines()[0])
+        return errors.InvalidRequest("The request conflicts with existing data").response()
+    if isinstance(error, sa_exc.DataError):
+        log.warning("data error: %s", str(error).splitlines()[0])
+        return errors.InvalidRequest("A value in the request is out of range or too long").response()
+    return None
+
+
+def render_error(error: BaseException) -> Response:
     """Every error leaves as JSON: Quay's shapes for Quay's cases, ApiError otherwise, never a trace."""
     if isinstance(error, errors.ApiError | errors.PlainError):
         return error.response()
@@ -34,14 +61,18 @@ def render_error(error: BaseException):
         if code == 404:
             return errors.NotFound().response()
         if code == 405:
-            return errors.MethodNotAllowed().response()
+            response = errors.MethodNotAllowed().response()
+            valid = getattr(error, "valid_methods", None)
+            if valid:
+                response.headers["Allow"] = ", ".join(sorted(valid))
+            return response
         if code == 413:
             return errors.RequestTooLarge().response()
         # 400 (malformed JSON) and 415 (wrong content type) keep Quay's {"message": ...} body.
         return errors.json_response({"message": error.description}, code)
-    if isinstance(error, OperationalError | DBAPIError) and getattr(error, "connection_invalidated", True):
-        log.warning("database unavailable: %s", type(error.orig).__name__ if hasattr(error, "orig") else error)
-        return errors.ServiceUnavailable().response()
+    response = _database_error(error)
+    if response is not None:
+        return response
     log.exception("unhandled error on %s %s", request.method, request.path)
     return errors.ApiError().response()
 
@@ -63,22 +94,34 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.extensions["quaymirror.db"] = db
     app.extensions["quaymirror.secrets"] = SecretBox(settings.secret_key)
     app.extensions["quaymirror.protector"] = make_protector(web.session)
-    app.extensions.setdefault("quaymirror.wakeups", [])
 
     api = QuayApi(app, prefix="/api/v1")
     from quaymirror.accounts.api import register as register_accounts
+    from quaymirror.mirror.api import register as register_mirror
+    from quaymirror.mirror.history_api import register as register_history
     from quaymirror.repositories.api import register as register_repositories
 
     register_accounts(api)
     register_repositories(api)
-    try:
-        from quaymirror.mirror.api import register as register_mirror
-    except ImportError:  # the mirror domain is optional while it is being built
-        register_mirror = None
-    if register_mirror is not None:
-        register_mirror(api)
+    register_mirror(api)
+    register_history(api)
 
     app.register_error_handler(Exception, render_error)
+
+    @app.before_request
+    def _screen_request():
+        redirect = request.routing_exception
+        if isinstance(redirect, RequestRedirect):
+            # Werkzeug's slash redirect (/api/v1/user -> /api/v1/user/) answers with a JSON body, not HTML.
+            return errors.json_response({"message": "Redirecting", "location": redirect.new_url},
+                                        redirect.code, headers={"Location": redirect.new_url})
+        # Refused whatever the endpoint (werkzeug alone only refuses a big body when it is read).
+        if request.content_length is not None and request.content_length > settings.max_content_length:
+            return errors.RequestTooLarge().response()
+        # PostgreSQL cannot store or even compare strings holding NUL: refuse them up front.
+        if "\x00" in request.path or any("\x00" in k or "\x00" in v for k, v in request.args.items(multi=True)):
+            return errors.InvalidRequest("The request contains a NUL character").response()
+        return None
 
     @app.after_request
     def _cors(response):
@@ -90,7 +133,10 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     def _close_session(_exc) -> None:
         session = g.pop("db_session", None)
         if session is not None:
-            session.close()
+            try:
+                session.close()
+            except sa_exc.SQLAlchemyError:  # the connection died with the database; nothing to release
+                log.debug("closing a session whose connection is gone", exc_info=True)
 
     @app.get("/healthz")
     def healthz():

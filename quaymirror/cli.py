@@ -5,25 +5,36 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from quaymirror.settings import Settings, SettingsError
 
 log = logging.getLogger("quaymirror")
 
 
+# Commands that log while they run; the others report only through stdout, stderr and the exit code.
+LONG_RUNNING = {"serve", "worker"}
+
+
 class CliError(Exception):
     """An error for the user: printed on stderr, exit code 1, no traceback."""
 
 
-def _database(settings: Settings):
+@contextmanager
+def _database(settings: Settings) -> Iterator:
+    """The database for one command, disposed of afterwards."""
     from quaymirror import db
 
     if settings.is_sqlite:
         # The embedded default needs no separate step: keep its schema current.
         settings.instance_path.mkdir(parents=True, exist_ok=True)
         db.upgrade(settings.database_url)
-    return db.Database(settings.database_url)
+    database = db.Database(settings.database_url)
+    try:
+        yield database
+    finally:
+        database.dispose()
 
 
 def _user(session, name: str):
@@ -58,8 +69,7 @@ def cmd_db_upgrade(args, settings: Settings) -> None:
 def cmd_user_create(args, settings: Settings) -> None:
     from quaymirror.accounts import service as accounts
 
-    database = _database(settings)
-    with database.transaction() as session:
+    with _database(settings) as database, database.transaction() as session:
         _run_service(lambda: accounts.create_user(session, args.name, args.email, args.superuser))
     print(args.name)
 
@@ -67,8 +77,7 @@ def cmd_user_create(args, settings: Settings) -> None:
 def cmd_org_create(args, settings: Settings) -> None:
     from quaymirror.accounts import service as accounts
 
-    database = _database(settings)
-    with database.transaction() as session:
+    with _database(settings) as database, database.transaction() as session:
         owner = _user(session, args.owner)
         _run_service(lambda: accounts.create_organization(session, args.name, owner))
     print(args.name)
@@ -81,8 +90,7 @@ def cmd_repo_create(args, settings: Settings) -> None:
     if args.path.count("/") != 1:
         raise CliError("repository must be given as NAMESPACE/NAME")
     namespace_name, name = args.path.split("/")
-    database = _database(settings)
-    with database.transaction() as session:
+    with _database(settings) as database, database.transaction() as session:
         namespace = _user(session, namespace_name)
         if namespace.is_robot:
             raise CliError("robots cannot own repositories")
@@ -99,8 +107,7 @@ def cmd_robot_create(args, settings: Settings) -> None:
     if args.name.count("+") != 1:
         raise CliError("robot must be given as NAMESPACE+SHORTNAME")
     namespace_name, short = args.name.split("+")
-    database = _database(settings)
-    with database.transaction() as session:
+    with _database(settings) as database, database.transaction() as session:
         namespace = _user(session, namespace_name)
         _robot, token = _run_service(
             lambda: accounts.create_robot(session, SecretBox(settings.secret_key), namespace, short)
@@ -114,15 +121,14 @@ def cmd_permission_grant(args, settings: Settings) -> None:
     if args.repository.count("/") != 1:
         raise CliError("repository must be given as NAMESPACE/NAME")
     namespace_name, name = args.repository.split("/")
-    database = _database(settings)
-    with database.transaction() as session:
+    with _database(settings) as database, database.transaction() as session:
         user = _user(session, args.user)
         namespace = _user(session, namespace_name)
         repository = repositories.get(session, namespace, name)
         if repository is None:
             raise CliError(f"no such repository: {args.repository}")
         _run_service(lambda: repositories.set_permission(session, repository, user, args.role))
-    print(f"{args.user} {args.role} {args.repository}")
+    print(f"granted {args.role} on {args.repository} to {args.user}", file=sys.stderr)
 
 
 def cmd_token_create(args, settings: Settings) -> None:
@@ -133,10 +139,11 @@ def cmd_token_create(args, settings: Settings) -> None:
         granted = scopes.parse(" ".join(args.scope))
     except scopes.UnknownScope as error:
         raise CliError(f"{error}; known scopes: {', '.join(scopes.ALL_SCOPES)}") from None
+    if not granted:
+        raise CliError(f"give at least one --scope; known scopes: {', '.join(scopes.ALL_SCOPES)}")
     if args.expires_in is not None and args.expires_in <= 0:
         raise CliError("--expires-in must be a positive number of seconds")
-    database = _database(settings)
-    with database.transaction() as session:
+    with _database(settings) as database, database.transaction() as session:
         user = _user(session, args.user)
         if user.is_organization:
             raise CliError("tokens belong to users or robots, not organizations")
@@ -216,9 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    """Run one command; returns the exit code (2 for usage errors, 1 for other errors)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # usage errors (already printed on stderr) and --help
+        return exit_.code if isinstance(exit_.code, int) else 2
+    if args.command in LONG_RUNNING:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            stream=sys.stderr)
     try:
         settings = Settings.from_env()
         args.func(args, settings)
@@ -229,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(error, SQLAlchemyError | OSError):
-            print(f"quaymirror: error: {type(error).__name__}: {str(error).splitlines()[0]}", file=sys.stderr)
+            first_line = (str(error).splitlines() or [""])[0]
+            print(f"quaymirror: error: {type(error).__name__}: {first_line}", file=sys.stderr)
             return 1
         raise
     return 0

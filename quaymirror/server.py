@@ -91,8 +91,21 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, with_wo
         "loglevel": "info",
         "preload_app": False,
     }
+    if with_worker:
+        options["worker_exit"] = _worker_exit
     print(f"quaymirror listening on http://{host}:{port}", file=sys.stderr, flush=True)
     _Gunicorn(settings, options, with_worker).run()
+
+
+def _worker_exit(_server, _worker) -> None:
+    """gunicorn hook, in the exiting worker process: stop the embedded mirror worker and give its claims back.
+
+    (gunicorn workers do not run atexit handlers, so without this a SIGTERM would
+    leave skopeo running and the claim held until its lease expires.)
+    """
+    from quaymirror.mirror.worker.runner import shutdown_in_process
+
+    shutdown_in_process()
 
 
 def run_worker(settings: Settings) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -50,16 +51,45 @@ def _list(raw: str | None) -> tuple[str, ...]:
 
 
 def _secret_key(instance_path: Path) -> str:
-    """Read the instance's secret key, creating it (mode 0600) on first run."""
+    """Read the instance's secret key, creating it (mode 0600) on first run.
+
+    Creation is atomic (write a private temp file, then hard-link it into place), so two processes
+    starting together agree on one key and neither ever reads a half-written file.
+    """
     path = instance_path / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    instance_path.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
+    if not path.exists():
+        instance_path.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=".secret_key.", dir=instance_path)  # mode 0600
+        key = secrets.token_urlsafe(48) + "\n"
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(key)
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another process won the race: use its key
+        except OSError:  # a file system without hard links: exclusive create instead
+            try:
+                with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                    handle.write(key)
+            except FileExistsError:
+                pass
+        finally:
+            os.unlink(temp)
+    key = path.read_text().strip()
+    if not key:
+        raise SettingsError(f"{path} is empty: delete it to generate a new key, or set {PREFIX}SECRET_KEY")
     return key
+
+
+def instance_path_from_env(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get(PREFIX + "INSTANCE_PATH") or "./instance").resolve()
+
+
+def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
+    """The database URL alone (for alembic), without touching the secret key."""
+    env = os.environ if env is None else env
+    return env.get(PREFIX + "DATABASE_URL") or f"sqlite:///{instance_path_from_env(env) / 'quaymirror.db'}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +109,10 @@ class Settings:
     tag_concurrency: int = 4
     lease_seconds: int = 600
     skopeo_path: str = "skopeo"
+    # Upper bound (seconds) on every skopeo command, below each mirror's skopeo_timeout_interval.
+    skopeo_timeout_max: float | None = None
+    # Sync runs kept per repository in the history tables.
+    history_keep: int = 50
     api_workers: int = 2
     max_content_length: int = 1024 * 1024
 
@@ -96,8 +130,8 @@ class Settings:
         def get(name: str) -> str | None:
             return env.get(PREFIX + name)
 
-        instance_path = Path(get("INSTANCE_PATH") or "./instance").resolve()
-        database_url = get("DATABASE_URL") or f"sqlite:///{instance_path / 'quaymirror.db'}"
+        instance_path = instance_path_from_env(env)
+        database_url = database_url_from_env(env)
         secret_key = get("SECRET_KEY") or _secret_key(instance_path)
         storage = get("STORAGE") or f"oci:{instance_path / 'storage'}"
         if not (storage.startswith(("oci:", "docker://"))):
@@ -118,5 +152,10 @@ class Settings:
             tag_concurrency=int(_number("TAG_CONCURRENCY", get("TAG_CONCURRENCY"), 4, int, 1)),
             lease_seconds=int(_number("LEASE_SECONDS", get("LEASE_SECONDS"), 600, int, 1)),
             skopeo_path=get("SKOPEO") or "skopeo",
+            skopeo_timeout_max=(
+                float(_number("SKOPEO_TIMEOUT_MAX", get("SKOPEO_TIMEOUT_MAX"), 0, float, 0.1))
+                if get("SKOPEO_TIMEOUT_MAX") else None
+            ),
+            history_keep=int(_number("HISTORY_KEEP", get("HISTORY_KEEP"), 50, int, 1)),
             api_workers=int(_number("API_WORKERS", get("API_WORKERS"), 2, int, 1)),
         )

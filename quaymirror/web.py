@@ -63,11 +63,34 @@ def first_error(messages: Any, path: str = "") -> str:
     return f"{path}: {messages}" if path else str(messages)
 
 
+def _check_strings(data: Any) -> None:
+    """Refuse strings no database can store: NUL characters and lone surrogates (``"\\ud800"``)."""
+    pending = [data]
+    while pending:  # iterative: the body may be nested as deep as the JSON parser allows
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise InvalidRequest("The request contains a NUL character")
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest("The request contains an invalid Unicode character") from None
+
+
 def json_body() -> Any:
     """The parsed JSON body; malformed JSON and wrong content types answer as Quay (400 / 415)."""
-    data = request.get_json()
+    try:
+        data = request.get_json()
+    except RecursionError:
+        raise InvalidRequest("The JSON body is nested too deeply") from None
     if data is None:
         raise InvalidRequest("Missing JSON body")
+    _check_strings(data)
     return data
 
 

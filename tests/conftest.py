@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from quaymirror import db as dbmod
 from quaymirror.models import Base
@@ -63,12 +64,20 @@ def sqlite_template(tmp_path_factory) -> Path:
     return path
 
 
+_ENGINES: dict[str, object] = {}
+
+
 def _truncate_all(url: str) -> None:
-    engine = create_engine(url)
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    """Empty every table and restart the ids: DELETE is ~50x faster than TRUNCATE on tiny tables."""
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = _ENGINES[url] = create_engine(url, poolclass=NullPool)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    engine.dispose()
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(text(f'DELETE FROM "{table.name}"'))
+        for table in Base.metadata.sorted_tables:
+            if "id" in table.c:
+                conn.execute(text(f"SELECT setval(pg_get_serial_sequence('\"{table.name}\"', 'id'), 1, false)"))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -208,3 +217,44 @@ def world(database) -> World:
     w.token("reader", "reader", "repo:admin")
     w.token("fresh", "freshuser", "repo:admin")
     return w
+
+
+@pytest.fixture
+def empty_database_url(backend, tmp_path) -> Iterator[str]:
+    """A brand-new database without any table, for tests that run the migrations themselves.
+
+    SQLite: a file in the test's temp folder. PostgreSQL: its own database, dropped afterwards.
+    """
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"quaymirror_empty_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = _pg_admin_engine()
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # noqa: BLE001 - any connection problem means "no PostgreSQL here"
+        message = f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {type(error).__name__}: {error}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+        ), {"n": name})
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture
+def app_with(settings, database):
+    """Build another app on the test's database with some settings changed: ``app_with(superusers_full_access=True)``."""
+    from quaymirror.app import create_app
+
+    def build(**overrides):
+        app = create_app(settings.with_overrides(**overrides), database)
+        app.config["TESTING"] = False
+        return app
+
+    return build

@@ -11,7 +11,7 @@ from quaymirror.accounts.models import User
 from quaymirror.accounts.schemas import CreateOrganization, CreateRobot
 from quaymirror.auth import scopes
 from quaymirror.auth.permissions import is_namespace_admin, is_namespace_member, require_namespace_admin
-from quaymirror.errors import AuthenticationRequired, Forbidden
+from quaymirror.errors import Forbidden
 
 
 def _box():
@@ -49,18 +49,21 @@ class OrganizationList(Resource):
 
 class Organization(Resource):
     def get(self, orgname: str):
-        caller = web.caller(required=False)
+        """Any valid token; 404 when ``orgname`` is not an organization (Ansible tells users from orgs so)."""
+        caller = web.caller()
         session = web.session()
         org = service.organization(session, orgname)
-        is_admin = caller is not None and is_namespace_admin(session, caller.user, org)
-        is_member = caller is not None and is_namespace_member(session, caller.user, org)
+        # As Quay's AdministerOrganizationPermission: an org admin whose token carries org:admin.
+        is_admin = caller.has_scope(scopes.ORG_ADMIN) and is_namespace_admin(session, caller.user, org)
+        is_member = is_namespace_member(session, caller.user, org)
         return {
             "name": org.username,
-            "email": org.email if is_admin else None,
+            "email": (org.email or "") if is_admin else "",
             "is_admin": is_admin,
             "is_member": is_member,
             "is_org_admin": is_admin,
-            "can_create_repo": is_admin,
+            "can_create_repo": is_namespace_admin(session, caller.user, org)
+            and caller.has_scope(scopes.REPO_CREATE),
         }
 
 
@@ -88,10 +91,12 @@ class Robot(Resource):
 
     def put(self, robot_shortname: str, orgname: str | None = None):
         namespace = _robot_namespace(orgname)
-        data = web.load(CreateRobot()) if request.content_length else {"description": ""}
+        # Quay's Ansible collection sends {} or {"description": ...}; curl users often send nothing.
+        data = web.load(CreateRobot()) if request.get_data(cache=True).strip() else {}
         session = web.session()
         with web.atomic(session):
-            robot, _token = service.create_robot(session, _box(), namespace, robot_shortname, data["description"])
+            robot, _token = service.create_robot(session, _box(), namespace, robot_shortname,
+                                                 data.get("description") or "")
         return service.robot_view(_box(), robot), 201
 
     def delete(self, robot_shortname: str, orgname: str | None = None):
@@ -106,27 +111,45 @@ class UserRobot(Robot):
     pass
 
 
+def _flag(name: str) -> bool:
+    """Quay's truthy query flags (``includeOrgs=False`` is what Ansible sends); absent means false."""
+    return request.args.get(name, "false").strip().lower() in {"true", "1", "yes", "on"}
+
+
 class Entities(Resource):
     def get(self, prefix: str):
-        caller = web.caller(required=False)
-        if caller is None and request.headers.get("Authorization"):
-            raise AuthenticationRequired()
+        """Users matching ``prefix``, plus a namespace's robots (and the org itself) for those who may see them.
+
+        Unlike Quay (which answers anonymous callers) a valid token is required: no account enumeration.
+        """
+        caller = web.caller()
         session = web.session()
-        include_orgs = request.args.get("includeOrgs", "true").lower() not in {"false", "0"}
-        namespace = None
-        ns_name = request.args.get("namespace")
-        if ns_name and caller is not None:
-            candidate = service.get_by_name(session, ns_name)
-            if candidate is not None and is_namespace_admin(session, caller.user, candidate):
-                namespace = candidate
-        results = [
+        prefix = "".join(prefix.split()).lower()
+        robot_namespace = None
+        org = None
+        org_data: list[dict] = []
+        namespace = service.get_by_name(session, request.args.get("namespace") or "")
+        if namespace is not None and namespace.is_organization:
+            if is_namespace_member(session, caller.user, namespace):
+                robot_namespace = org = namespace
+                if (_flag("includeOrgs") and caller.has_scope(scopes.ORG_ADMIN)
+                        and is_namespace_admin(session, caller.user, namespace)
+                        and namespace.username.startswith(prefix)):
+                    org_data.append({"name": namespace.username, "kind": "org", "is_org_member": True,
+                                     "avatar": {"name": namespace.username, "kind": "org"}})
+        elif (namespace is not None and not namespace.is_robot and namespace.id == caller.user.id
+              and caller.has_scope(scopes.USER_ADMIN)):
+            robot_namespace = namespace
+        members = set(service.organization_member_names(session, org)) if org is not None else set()
+        results = org_data + [
             {
                 "name": user.username,
-                "kind": "user" if user.is_robot else user.kind,
+                "kind": "user",
                 "is_robot": user.is_robot,
-                "is_org_member": namespace is not None and user.robot_namespace_id == namespace.id,
+                "avatar": {"name": user.username, "kind": "robot" if user.is_robot else "user"},
+                **({"is_org_member": user.is_robot or user.username in members} if org is not None else {}),
             }
-            for user in service.search_entities(session, prefix, include_orgs, namespace)
+            for user in service.search_entities(session, prefix, robot_namespace)
         ]
         return {"results": results}
 

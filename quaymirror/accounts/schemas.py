@@ -17,5 +17,5 @@ class CreateRobot(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    description = fields.String(load_default="", validate=validate.Length(max=1024))
+    description = fields.String(load_default="", allow_none=True, validate=validate.Length(max=1024))
     unstructured_metadata = fields.Dict(load_default=None, allow_none=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 
@@ -10,12 +11,17 @@ from sqlalchemy.orm import Session
 
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.errors import InvalidRequest, NotFound, model_error
-from quaymirror.security.secrets import SecretBox
+from quaymirror.security.secrets import DecryptionFailed, SecretBox
+
+log = logging.getLogger(__name__)
 
 # Quay's namespace rule (util/names.py): lowercase words joined by . _ or -, 2 to 255 characters.
 NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 ROBOT_SHORT_RE = re.compile(r"^[a-z][a-z0-9_]{1,254}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+# The ``user.username`` column; a robot's full name ``ns+short`` must fit in it too.
+USERNAME_MAX = 255
+ENTITY_LIMIT = 10
 
 
 def validate_namespace_name(name: str) -> None:
@@ -81,6 +87,17 @@ def organization_admins(session: Session, org: User) -> list[str]:
     )
 
 
+def organization_member_names(session: Session, org: User) -> list[str]:
+    return list(
+        session.scalars(
+            select(User.username)
+            .join(OrganizationMember, OrganizationMember.user_id == User.id)
+            .where(OrganizationMember.organization_id == org.id)
+            .order_by(User.username)
+        )
+    )
+
+
 def organizations_of(session: Session, user: User) -> list[User]:
     return list(
         session.scalars(
@@ -120,6 +137,9 @@ def create_robot(session: Session, box: SecretBox, namespace: User, shortname: s
     if len(description) > 1024:
         raise InvalidRequest("description: Longer than maximum length 1024.")
     full = robot_name(namespace, shortname)
+    if len(full) > USERNAME_MAX:
+        raise InvalidRequest(f"Invalid robot account shortname: namespace+shortname is longer than {USERNAME_MAX} "
+                             "characters")
     if get_by_name(session, full) is not None:
         raise model_error(f"Existing robot with name: {full}")
     token = secrets.token_urlsafe(48)
@@ -141,28 +161,45 @@ def delete_robot(session: Session, robot: User) -> None:
 
 
 def robot_view(box: SecretBox, robot: User) -> dict:
+    """Quay's robot view, token included; a token the instance key cannot open shows as null."""
+    try:
+        token = box.decrypt(robot.robot_token)
+    except DecryptionFailed:
+        log.warning("the token of robot %s cannot be decrypted with this instance's secret key", robot.username)
+        token = None
     return {
         "name": robot.username,
         "created": robot.created.strftime("%a, %d %b %Y %H:%M:%S -0000"),
         "last_accessed": None,
         "description": robot.description,
-        "token": box.decrypt(robot.robot_token),
+        "token": token,
         "unstructured_metadata": {},
     }
 
 
-def search_entities(session: Session, prefix: str, include_orgs: bool, namespace: User | None,
-                    limit: int = 20) -> list[User]:
-    """Users (and optionally orgs, and a namespace's robots) whose name starts with ``prefix``."""
+def _starts_with(prefix: str):
+    """``username LIKE 'prefix%'`` with LIKE's wildcards in ``prefix`` taken literally."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    query = select(User).where(User.username.like(f"{escaped}%", escape="\\")).order_by(User.username)
-    users = [u for u in session.scalars(query.limit(200))]
-    results = []
-    for user in users:
-        if user.is_robot:
-            if namespace is None or user.robot_namespace_id != namespace.id:
-                continue
-        elif user.is_organization and not include_orgs:
-            continue
-        results.append(user)
-    return results[:limit]
+    return User.username.like(f"{escaped}%", escape="\\")
+
+
+def search_entities(session: Session, prefix: str, robot_namespace: User | None = None,
+                    limit: int = ENTITY_LIMIT) -> list[User]:
+    """Quay's user search: users whose name starts with ``prefix`` (never organizations), plus the
+    robots ``<robot_namespace>+<prefix>...`` when the caller may see that namespace's robots.
+
+    An exact match always comes first, so a long list of longer names cannot hide it.
+    """
+    plain_user = User.is_organization.is_(False) & User.is_robot.is_(False)
+    condition = _starts_with(prefix) & plain_user
+    if robot_namespace is not None:
+        condition = condition | (
+            _starts_with(robot_name(robot_namespace, prefix))
+            & User.is_robot.is_(True)
+            & (User.robot_namespace_id == robot_namespace.id)
+        )
+    found = list(session.scalars(select(User).where(condition).order_by(User.username).limit(limit)))
+    exact = [u for u in found if u.username == prefix]
+    if not exact:
+        exact = list(session.scalars(select(User).where(User.username == prefix, plain_user)))
+    return (exact + [u for u in found if u.username != prefix])[:limit]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.orm import Session
 
 from quaymirror.db import utcnow
@@ -68,10 +68,11 @@ def eligible_clause(now: datetime):
     return or_(
         and_(C.sync_status == S.SYNC_NOW, C.sync_expiration_date.is_(None)),
         and_(
+            # "not SYNCING and not SYNC_NOW", written as a list so the (sync_status, sync_start_date)
+            # index answers it with a range scan.
+            C.sync_status.in_([S.CANCEL, S.FAIL, S.NEVER_RUN, S.SUCCESS]),
             C.sync_start_date <= now,
             C.sync_retries_remaining > 0,
-            C.sync_status != S.SYNCING,
-            C.sync_status != S.SYNC_NOW,
             C.sync_expiration_date.is_(None),
             C.is_enabled.is_(True),
         ),
@@ -121,19 +122,20 @@ def renew(session: Session, lease: Lease, lease_seconds: int) -> Lease | None:
 
 
 def next_start(start: datetime | None, interval: int, now: datetime) -> datetime | None:
-    """The first point of the grid ``start + k*interval`` strictly after now (Quay's arithmetic).
+    """The first point of the grid ``start + k*interval`` strictly after now (Quay's rule).
 
-    Unlike Quay, a zero interval means "no schedule" (only sync-now runs it) and a
-    missing start counts from now, instead of crashing the release.
+    Unlike Quay, a zero interval means "no schedule" (only sync-now runs it), a
+    missing start counts from now (second precision) instead of crashing the
+    release, and the result is exactly on the grid (Quay drops the elapsed
+    microseconds, so its dates drift off the grid and gain microseconds).
     """
     if interval <= 0:
         return None
-    base = start or now
+    base = start or now.replace(microsecond=0)
     if base > now:
         return base
-    delta = now - base
-    elapsed = delta.days * 86400 + delta.seconds
-    return now + timedelta(seconds=interval - (elapsed % interval))
+    steps = int((now - base).total_seconds() // interval) + 1
+    return base + timedelta(seconds=steps * interval)
 
 
 def release(session: Session, lease: Lease, outcome: RepoMirrorStatus) -> bool:
@@ -141,9 +143,14 @@ def release(session: Session, lease: Lease, outcome: RepoMirrorStatus) -> bool:
 
     Returns False when the lease was no longer ours (reclaimed after expiry).
     """
+    return release_outcome(session, lease, outcome) is not None
+
+
+def release_outcome(session: Session, lease: Lease, outcome: RepoMirrorStatus) -> RepoMirrorStatus | None:
+    """:func:`release`, returning the status actually written (CANCEL when a cancel won), or None."""
     row = session.get(C, lease.config_id, populate_existing=True, with_for_update=not _is_sqlite(session))
     if row is None or row.lease_token != lease.token:
-        return False
+        return None
     now = utcnow()
     values: dict = {"sync_expiration_date": None, "lease_token": None, "lease_owner": None,
                     "sync_transaction_id": new_uuid()}
@@ -161,6 +168,25 @@ def release(session: Session, lease: Lease, outcome: RepoMirrorStatus) -> bool:
         values["sync_status"] = outcome
     result = session.execute(
         update(C).where(C.id == lease.config_id, C.lease_token == lease.token).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return RepoMirrorStatus(values["sync_status"]) if result.rowcount == 1 else None
+
+
+def abandon(session: Session, lease: Lease) -> bool:
+    """Give a claim back unfinished (worker shutdown): SYNC_NOW with no lease, so any worker takes it at once.
+
+    Only while the row is still SYNCING under our lease: a cancel that arrived
+    meanwhile stays a CANCEL (released as such by the caller). Retries are
+    kept (at least 1, as sync-now does); the schedule is untouched.
+    """
+    result = session.execute(
+        update(C)
+        .where(C.id == lease.config_id, C.lease_token == lease.token, C.sync_status == S.SYNCING)
+        .values(sync_status=S.SYNC_NOW, sync_expiration_date=None, lease_token=None, lease_owner=None,
+                sync_retries_remaining=func.max(C.sync_retries_remaining, 1)
+                if _is_sqlite(session) else func.greatest(C.sync_retries_remaining, 1),
+                sync_transaction_id=new_uuid())
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

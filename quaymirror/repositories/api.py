@@ -17,7 +17,7 @@ from quaymirror.auth.permissions import (
 )
 from quaymirror.errors import Forbidden, InvalidRequest, NotFound
 from quaymirror.repositories import service
-from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryState
+from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission, RepositoryState
 from quaymirror.repositories.schemas import ChangeState, CreateRepository, SetPermission
 
 
@@ -95,18 +95,30 @@ class ChangeStateResource(Resource):
         return {"success": True}
 
 
-def _permission_view(permission) -> dict:
+def _permission_view(permission: RepositoryPermission, org_members: set[str] | None) -> dict:
+    """Quay's role view: ``is_org_member`` only in organizations, ``avatar`` only for people."""
     user = permission.user
-    return {"role": permission.role, "name": user.username, "is_robot": user.is_robot,
-            "avatar": {"name": user.username, "kind": "robot" if user.is_robot else "user"},
-            "is_org_member": user.is_robot}
+    view: dict = {"role": permission.role, "name": user.username, "is_robot": user.is_robot}
+    if not user.is_robot:
+        view["avatar"] = {"name": user.username, "kind": "user"}
+    if org_members is not None:
+        view["is_org_member"] = user.is_robot or user.username in org_members
+    return view
+
+
+def _org_members(repo: Repository) -> set[str] | None:
+    namespace = repo.namespace
+    if not namespace.is_organization:
+        return None
+    return set(accounts.organization_member_names(web.session(), namespace))
 
 
 class UserPermissions(Resource):
     def get(self, namespace: str, repository: str):
         _ns, repo = authorized_repository(namespace, repository, "admin")
         perms = service.permissions(web.session(), repo)
-        return {"permissions": {p.user.username: _permission_view(p) for p in perms}}
+        members = _org_members(repo)
+        return {"permissions": {p.user.username: _permission_view(p, members) for p in perms}}
 
 
 class TeamPermissions(Resource):
@@ -128,7 +140,7 @@ class UserPermission(Resource):
         permission = service.permission_of(session, repo, self._target(session, username))
         if permission is None:
             raise NotFound()
-        return _permission_view(permission)
+        return _permission_view(permission, _org_members(repo))
 
     def put(self, namespace: str, repository: str, username: str):
         require_repo_role(web.session(), web.caller(required=False), namespace, repository, "admin",
@@ -139,7 +151,7 @@ class UserPermission(Resource):
         with web.atomic(session):
             permission = service.set_permission(session, repo, self._target(session, username), data["role"],
                                                 performer=web.caller().user)
-        return _permission_view(permission)
+        return _permission_view(permission, _org_members(repo))
 
     def delete(self, namespace: str, repository: str, username: str):
         _ns, repo = authorized_repository(namespace, repository, "admin")

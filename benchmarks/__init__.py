@@ -1,0 +1,1 @@
+"""Reproducible performance measurements; each module runs its baseline in the same run."""

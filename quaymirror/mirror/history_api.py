@@ -1,0 +1,121 @@
+"""Sync history endpoints (Quay has none): the runs of a repository's mirror, and one run with its tags.
+
+``GET /api/v1/repository/<ns>/<repo>/mirror/syncs?page=1&limit=20`` lists
+runs newest first; ``GET .../mirror/syncs/<id>`` adds the per-tag results.
+Same authorization as the mirror GET (repository admin, or superuser with full
+access; never public). A run in progress shows ``progress`` (tags done /
+matched) as the worker records each tag.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from flask import request
+from flask_restful import Api, Resource
+from sqlalchemy import select
+
+from quaymirror import web
+from quaymirror.auth.permissions import require_repo_role
+from quaymirror.errors import InvalidRequest, NotFound
+from quaymirror.mirror.history import RUN_SYNCING, SyncRun, SyncTag
+from quaymirror.repositories import service as repositories
+from quaymirror.repositories.models import Repository
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+def _repository(namespace: str, repository: str) -> Repository:
+    _ns, repo = require_repo_role(
+        web.session(), web.caller(required=False), namespace, repository, "admin",
+        superuser_full_access=web.settings().superusers_full_access, public_read=False,
+    )
+    return repositories.require(repo)
+
+
+def _date(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+
+
+def _int_arg(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name}: must be an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidRequest(f"{name}: must be {bound}")
+    return value
+
+
+def run_view(run: SyncRun) -> dict[str, Any]:
+    finished = run.finished
+    return {
+        "id": run.id,
+        "trigger": run.trigger,
+        "status": run.status,
+        "in_progress": run.status == RUN_SYNCING,
+        "started": _date(run.started),
+        "finished": _date(finished),
+        "duration_seconds": round((finished - run.started).total_seconds(), 3) if finished else None,
+        "reason": run.reason,
+        "message": run.message,
+        "worker": run.worker,
+        "tags": {
+            "matched": run.tags_matched,
+            "done": run.tags_done,
+            "copied": run.tags_copied,
+            "skipped": run.tags_skipped,
+            "deleted": run.tags_deleted,
+            "failed": run.tags_failed,
+        },
+        "progress": {"done": run.tags_done, "total": run.tags_matched},
+        "bytes": run.bytes,
+    }
+
+
+def tag_view(tag: SyncTag) -> dict[str, Any]:
+    return {
+        "tag": tag.tag,
+        "digest": tag.digest,
+        "outcome": tag.outcome,
+        "reason": tag.reason,
+        "output": tag.output,
+        "bytes": tag.bytes,
+        "duration_ms": tag.duration_ms,
+        "finished": _date(tag.finished),
+    }
+
+
+class MirrorSyncs(Resource):
+    def get(self, namespace: str, repository: str):
+        repo = _repository(namespace, repository)
+        limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        page = _int_arg("page", 1, 1, 1_000_000)
+        rows = list(web.session().scalars(
+            select(SyncRun).where(SyncRun.repository_id == repo.id)
+            .order_by(SyncRun.id.desc()).offset((page - 1) * limit).limit(limit + 1)
+        ))
+        return {"syncs": [run_view(r) for r in rows[:limit]], "page": page, "has_additional": len(rows) > limit}
+
+
+class MirrorSync(Resource):
+    def get(self, namespace: str, repository: str, run_id: int):
+        repo = _repository(namespace, repository)
+        session = web.session()
+        run = session.get(SyncRun, run_id)
+        if run is None or run.repository_id != repo.id:
+            raise NotFound()
+        tags = session.scalars(select(SyncTag).where(SyncTag.run_id == run.id).order_by(SyncTag.id))
+        return {**run_view(run), "tag_results": [tag_view(t) for t in tags]}
+
+
+def register(api: Api) -> None:
+    base = "/repository/<string:namespace>/<string:repository>/mirror/syncs"
+    api.add_resource(MirrorSyncs, base, endpoint="mirror_syncs")
+    api.add_resource(MirrorSync, f"{base}/<int:run_id>", endpoint="mirror_sync")

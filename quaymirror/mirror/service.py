@@ -1,0 +1,416 @@
+"""The rules of a repository's mirror configuration: create, update, delete, sync-now, cancel.
+
+Every function runs inside the caller's transaction (``web.atomic``) and
+validates everything before it writes anything, so an error leaves the
+database exactly as it was: no orphan rule row, no granted permission, no
+half-applied PUT. The checks run in Quay's order so the first error a client
+sees is the one Quay would answer. Status changes go through
+:mod:`quaymirror.mirror.status`, which the worker shares.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from quaymirror import audit
+from quaymirror.accounts import service as accounts
+from quaymirror.accounts.models import User
+from quaymirror.errors import InvalidRequest, NotFound, detail_error, model_error
+from quaymirror.mirror import events, status
+from quaymirror.mirror.models import (
+    MAX_SYNC_RETRIES,
+    VALID_ARCHITECTURES,
+    RepoMirrorConfig,
+    RepoMirrorRule,
+    RepoMirrorRuleType,
+    RepoMirrorStatus,
+    RepoMirrorType,
+    new_uuid,
+)
+from quaymirror.mirror.schemas import RULE_KIND, parse_date
+from quaymirror.repositories import service as repositories
+from quaymirror.repositories.models import Repository, RepositoryState
+from quaymirror.security import ssrf
+from quaymirror.security.secrets import DecryptionFailed, SecretBox
+from quaymirror.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHANGED = "repo_mirror_config_changed"
+# Quay has no way to delete a configuration, hence no log kind for it; this one is ours.
+DELETED = "repo_mirror_config_deleted"
+PASSWORD_MASK = "********"
+UNDECRYPTABLE = "(invalid. please re-enter)"
+
+MSG_NOT_ALLOWED = "The provided registry location is not allowed"
+MSG_DATE = "Incorrect DateTime format for sync_start_date."
+MSG_SPARSE = "Architecture filtering requires FEATURE_SPARSE_INDEX to be enabled."
+MSG_EMPTY_RULE = "validation failed: rule_value for TAG_GLOB_CSV must be a list with at least one rule"
+MSG_NO_ROBOT = "Could not find robot with specified username"
+MSG_INVALID_ROBOT = "Invalid robot"
+MSG_PASSWORD_ALONE = "Unable to set a new password without also specifying a username."
+MSG_PASSWORD_NO_USER = "Unable to delete username while setting a password."
+
+PROXY_KEYS = ("http_proxy", "https_proxy", "no_proxy")
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who made the change, for the audit log."""
+
+    user: User | None
+    ip: str | None = None
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+def find(session: Session, repository: Repository, *, lock: bool = False) -> RepoMirrorConfig | None:
+    """The repository's configuration; ``lock`` takes a row lock (PostgreSQL) for a read-modify-write."""
+    query = select(RepoMirrorConfig).where(RepoMirrorConfig.repository_id == repository.id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def require(session: Session, repository: Repository, *, lock: bool = False) -> RepoMirrorConfig:
+    config = find(session, repository, lock=lock)
+    if config is None:
+        raise NotFound()
+    return config
+
+
+def _decrypt(box: SecretBox, token: str | None) -> tuple[bool, str | None]:
+    """(readable, value): a stored credential that no longer decrypts is reported, never raised."""
+    try:
+        return True, box.decrypt(token)
+    except DecryptionFailed:
+        return False, None
+
+
+def describe(session: Session, repository: Repository, box: SecretBox) -> dict[str, Any]:
+    """The values of Quay's ViewMirrorConfig (dates still datetimes; the schema formats them)."""
+    config = require(session, repository)
+    readable, username = _decrypt(box, config.external_registry_username)
+    if not readable:
+        # Quay intends this answer but crashes with a NameError (its bug #9).
+        log.warning("the stored upstream username of %s cannot be decrypted", repository.full_name)
+        username = UNDECRYPTABLE
+    robot = config.internal_robot
+    return {
+        "is_enabled": config.is_enabled,
+        "mirror_type": RepoMirrorType(config.mirror_type).name,
+        "external_reference": config.external_reference,
+        "external_registry_username": username,
+        "external_registry_config": config.external_registry_config,
+        "sync_interval": config.sync_interval,
+        "sync_start_date": config.sync_start_date,
+        "sync_expiration_date": config.sync_expiration_date,
+        "sync_retries_remaining": config.sync_retries_remaining,
+        "sync_status": RepoMirrorStatus(config.sync_status).name,
+        "root_rule": {"rule_kind": RULE_KIND, "rule_value": config.root_rule.rule_value},
+        "robot_username": robot.username if robot is not None else None,
+        "skopeo_timeout_interval": config.skopeo_timeout,
+        "architecture_filter": config.architecture_filter,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Checks shared by create and update (each answers with Quay's text and body shape)
+# ---------------------------------------------------------------------------
+
+
+def check_reference(reference: str, settings: Settings) -> None:
+    """Format and SSRF checks with DNS (§5.1); a blocked target gets a generic text (no oracle)."""
+    try:
+        ssrf.check_external_reference(reference, settings.ssrf_allowed_hosts, resolve=True)
+    except ssrf.ReferenceBlocked:
+        raise InvalidRequest(MSG_NOT_ALLOWED) from None
+    except ssrf.ReferenceRejected as error:
+        raise InvalidRequest(str(error)) from None
+
+
+def check_architectures(values: Sequence[str] | None, settings: Settings) -> None:
+    if not values:
+        return
+    if not settings.feature_sparse_index:
+        raise detail_error(400, MSG_SPARSE)
+    invalid = sorted(set(values) - VALID_ARCHITECTURES)
+    if invalid:
+        raise detail_error(400, f"Invalid architectures: {', '.join(invalid)}")
+
+
+def check_date(text: str) -> datetime:
+    try:
+        return parse_date(text)
+    except ValueError:
+        raise detail_error(400, MSG_DATE) from None
+
+
+def check_rule(patterns: Sequence[str]) -> None:
+    if not patterns:
+        raise InvalidRequest(MSG_EMPTY_RULE)
+
+
+def check_robot(session: Session, name: str, repository: Repository) -> User:
+    """The robot must exist and belong to the repository's namespace (Quay's two DME answers)."""
+    robot = accounts.get_robot(session, name)
+    if robot is None:
+        raise model_error(MSG_NO_ROBOT)
+    namespace, plus, _short = name.partition("+")
+    if not plus or namespace != repository.namespace.username or robot.robot_namespace_id != repository.namespace_id:
+        raise model_error(MSG_INVALID_ROBOT)
+    return robot
+
+
+def _changed(session: Session, repository: Repository, actor: Actor, field: str, value: Any) -> None:
+    """Quay's audit entry for one changed field."""
+    audit.record(session, CHANGED, repository_id=repository.id,
+                 performer_id=actor.user.id if actor.user else None, ip=actor.ip,
+                 repo=repository.name, namespace=repository.namespace.username, changed=field, to=value)
+
+
+# ---------------------------------------------------------------------------
+# Create
+# ---------------------------------------------------------------------------
+
+
+def create(session: Session, repository: Repository, data: dict[str, Any], *, box: SecretBox,
+           settings: Settings, actor: Actor) -> RepoMirrorConfig:
+    """Quay's POST: validate all (Quay's order), then rule, robot grant, config and MIRROR state at once."""
+    # Concurrent POSTs for one repository queue here (PostgreSQL), so the later ones see the first's
+    # configuration and answer 409 instead of colliding on the permission or config inserts.
+    session.execute(select(Repository.id).where(Repository.id == repository.id).with_for_update())
+    duplicate = _already_exists(repository)  # built now: after a failed flush nothing can be loaded
+    if find(session, repository) is not None:
+        raise duplicate
+    check_reference(data["external_reference"], settings)
+    check_architectures(data["architecture_filter"], settings)
+    start = check_date(data["sync_start_date"])
+    check_rule(data["root_rule"])
+    robot = check_robot(session, data["robot_username"], repository)
+
+    rule = RepoMirrorRule(repository_id=repository.id, rule_type=RepoMirrorRuleType.TAG_GLOB_CSV)
+    rule.rule_value = data["root_rule"]
+    session.add(rule)
+    session.flush()
+    repositories.ensure_at_least(session, repository, robot, "write")
+    config = RepoMirrorConfig(
+        repository_id=repository.id,
+        is_enabled=data["is_enabled"],
+        mirror_type=RepoMirrorType.PULL,
+        internal_robot_id=robot.id,
+        external_reference=data["external_reference"],
+        # Quay stores an empty credential as NULL on create.
+        external_registry_username=box.encrypt(data["external_registry_username"] or None),
+        external_registry_password=box.encrypt(data["external_registry_password"] or None),
+        sync_interval=data["sync_interval"],
+        sync_start_date=start,
+        sync_expiration_date=None,
+        sync_retries_remaining=MAX_SYNC_RETRIES,
+        sync_status=RepoMirrorStatus.NEVER_RUN,
+        sync_transaction_id=new_uuid(),
+        root_rule_id=rule.id,
+        skopeo_timeout=data["skopeo_timeout_interval"],
+    )
+    config.external_registry_config = data["external_registry_config"]
+    config.architecture_filter = data["architecture_filter"]
+    session.add(config)
+    try:
+        session.flush()
+    except IntegrityError:
+        # A concurrent POST for the same repository won the unique index; the transaction rolls back.
+        raise duplicate from None
+    if repository.state != RepositoryState.MIRROR:
+        repositories.change_state(session, repository, RepositoryState.MIRROR.name,
+                                  performer=actor.user, ip=actor.ip)
+    _changed(session, repository, actor, "external_reference", config.external_reference)
+    log.info("mirror configuration created for %s from %s", repository.full_name, config.external_reference)
+    return config
+
+
+def _already_exists(repository: Repository):
+    # Quay's text, typo included: clients may match on it.
+    return detail_error(409, f"Mirror configuration already exits for repository {repository.full_name}")
+
+
+# ---------------------------------------------------------------------------
+# Update
+# ---------------------------------------------------------------------------
+
+
+def update(session: Session, repository: Repository, data: dict[str, Any], *, box: SecretBox,
+           settings: Settings, actor: Actor) -> list[str]:
+    """Quay's PUT: only the keys sent; all checks first, then every change in this one transaction.
+
+    Unlike Quay, a value equal to the stored one is not rewritten nor logged,
+    so a client that PUTs back what it read (Ansible) changes nothing. Returns
+    the names of the changed fields, as logged.
+    """
+    config = require(session, repository, lock=True)
+
+    # Validation phase, in Quay's order.
+    if "external_reference" in data:
+        check_reference(data["external_reference"], settings)
+    start = check_date(data["sync_start_date"]) if "sync_start_date" in data else None
+    if "architecture_filter" in data:
+        check_architectures(data["architecture_filter"], settings)
+    has_username = "external_registry_username" in data
+    has_password = "external_registry_password" in data
+    if has_password and not has_username:
+        raise detail_error(400, MSG_PASSWORD_ALONE)
+    if has_password and data["external_registry_username"] is None and data["external_registry_password"] is not None:
+        raise detail_error(400, MSG_PASSWORD_NO_USER)
+    if "root_rule" in data:
+        check_rule(data["root_rule"])
+    robot = check_robot(session, data["robot_username"], repository) if "robot_username" in data else None
+
+    # Apply phase, in Quay's order; (field, value) pairs become its audit entries.
+    changes: list[tuple[str, Any]] = []
+
+    def assign(field: str, attribute: str, value: Any) -> None:
+        if getattr(config, attribute) != value:
+            setattr(config, attribute, value)
+            changes.append((field, value))
+
+    if "is_enabled" in data:
+        assign("is_enabled", "is_enabled", data["is_enabled"])
+    if "external_reference" in data:
+        assign("external_reference", "external_reference", data["external_reference"])
+    if robot is not None:
+        repositories.ensure_at_least(session, repository, robot, "write")
+        if config.internal_robot_id != robot.id:
+            config.internal_robot_id = robot.id
+            changes.append(("robot_username", robot.username))  # Quay never logs this (its bug #14)
+    if start is not None and _to_second(config.sync_start_date) != start:
+        # Compared at the API's resolution: a worker-computed date with microseconds reads back
+        # truncated, and PUTting back what was read must not count as a change.
+        config.sync_start_date = start
+        changes.append(("sync_start_date", start))
+    if "sync_interval" in data:
+        assign("sync_interval", "sync_interval", data["sync_interval"])
+    if "skopeo_timeout_interval" in data:
+        assign("skopeo_timeout_interval", "skopeo_timeout", data["skopeo_timeout_interval"])
+    if "architecture_filter" in data:
+        value = data["architecture_filter"]
+        if config.architecture_filter != list(value or []):
+            config.architecture_filter = value
+            changes.append(("architecture_filter", value))
+    if has_username:
+        changes.extend(_update_credentials(config, data, box, has_password))
+    if "external_registry_config" in data:
+        changes.extend(_merge_registry_config(config, data["external_registry_config"]))
+    if "root_rule" in data and config.root_rule.rule_value != data["root_rule"]:
+        # The config's own rule (Quay updates "a" rule of the repository: its bug #13).
+        config.root_rule.rule_value = data["root_rule"]
+        changes.append(("mirror_rule", data["root_rule"]))
+
+    if changes:
+        # A new version: a worker holding an older read of this row can no longer claim it. The
+        # running sync (if any) is unaffected: its release matches on the lease, not on this id.
+        config.sync_transaction_id = new_uuid()
+        session.flush()
+        for field, value in changes:
+            _changed(session, repository, actor, field, value)
+        log.info("mirror configuration of %s changed: %s", repository.full_name,
+                 ", ".join(field for field, _ in changes))
+    return [field for field, _ in changes]
+
+
+def _to_second(value: datetime | None) -> datetime | None:
+    return value.replace(microsecond=0) if value is not None else None
+
+
+def _update_credentials(config: RepoMirrorConfig, data: dict[str, Any], box: SecretBox,
+                        has_password: bool) -> list[tuple[str, Any]]:
+    """Username alone, or username and password together (Quay §2.3); the password is logged masked."""
+    changes: list[tuple[str, Any]] = []
+    username = data["external_registry_username"]
+    readable, current = _decrypt(box, config.external_registry_username)
+    if not readable or current != username:
+        config.external_registry_username = box.encrypt(username)
+        changes.append(("external_registry_username", username))
+    if has_password:
+        password = data["external_registry_password"]
+        readable, current = _decrypt(box, config.external_registry_password)
+        if not readable or current != password:
+            config.external_registry_password = box.encrypt(password)
+            changes.append(("external_registry_password", PASSWORD_MASK if password is not None else None))
+    return changes
+
+
+def _merge_registry_config(config: RepoMirrorConfig, incoming: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Merge Quay's known keys into the stored object; a proxy key lands even when no proxy was stored."""
+    stored = dict(config.external_registry_config)
+    changes: list[tuple[str, Any]] = []
+    for key in ("verify_tls", "unsigned_images"):
+        if key in incoming and stored.get(key, _MISSING) != incoming[key]:
+            stored[key] = incoming[key]
+            changes.append((key, incoming[key]))
+    if "proxy" in incoming:
+        proxy = dict(stored["proxy"]) if isinstance(stored.get("proxy"), dict) else {}
+        proxy_changes = []
+        for key in PROXY_KEYS:
+            if key in incoming["proxy"] and proxy.get(key, _MISSING) != incoming["proxy"][key]:
+                proxy[key] = incoming["proxy"][key]
+                proxy_changes.append((key, incoming["proxy"][key]))
+        if proxy_changes:
+            stored["proxy"] = proxy
+            changes.extend(proxy_changes)
+    if changes:
+        config.external_registry_config = stored
+    return changes
+
+
+# ---------------------------------------------------------------------------
+# Delete, sync-now, cancel
+# ---------------------------------------------------------------------------
+
+
+def delete(session: Session, repository: Repository, *, actor: Actor) -> None:
+    """Remove the configuration and its rules (Quay cannot); tags stay, a MIRROR repository becomes NORMAL.
+
+    The robot keeps the write permission it was given, as in Quay when a
+    mirror is disabled. A repository an admin set READ_ONLY stays READ_ONLY.
+    """
+    config = require(session, repository, lock=True)
+    reference = config.external_reference
+    session.delete(config)
+    session.flush()
+    session.execute(sql_delete(RepoMirrorRule).where(RepoMirrorRule.repository_id == repository.id))
+    audit.record(session, DELETED, repository_id=repository.id,
+                 performer_id=actor.user.id if actor.user else None, ip=actor.ip,
+                 repo=repository.name, namespace=repository.namespace.username, external_reference=reference)
+    if repository.state == RepositoryState.MIRROR:
+        repositories.change_state(session, repository, RepositoryState.NORMAL.name,
+                                  performer=actor.user, ip=actor.ip)
+    log.info("mirror configuration of %s deleted", repository.full_name)
+
+
+def sync_now(session: Session, repository: Repository, *, actor: Actor) -> None:
+    """Queue an immediate sync from any state but a live SYNCING (also when disabled); else 404 as Quay."""
+    config = require(session, repository)
+    if not status.request_sync_now(session, config):
+        raise NotFound()
+    events.sync_requested(session, config.id)
+    _changed(session, repository, actor, "sync_status", RepoMirrorStatus.SYNC_NOW.name)
+
+
+def sync_cancel(session: Session, repository: Repository, *, actor: Actor) -> None:
+    """Cancel a queued or running sync; from any other state 404 as Quay. Logged as Quay's ``SYNC_CANCEL``."""
+    config = require(session, repository)
+    if not status.cancel(session, config):
+        raise NotFound()
+    _changed(session, repository, actor, "sync_status", "SYNC_CANCEL")

@@ -1,0 +1,345 @@
+"""The worker: an APScheduler poll, immediate wake-ups, claims, leases, cancel and shutdown.
+
+* A **pass** (APScheduler job every ``QUAYMIRROR_WORKER_POLL_SECONDS``,
+  ``max_instances=1``) reads the due mirrors in one bounded query and claims
+  as many as there are free slots (``QUAYMIRROR_WORKER_CONCURRENCY``); each
+  claimed mirror runs in a thread of its own pool.
+* **Wake-ups** run a pass at once: sync-now in this process
+  (``events.subscribe``), sync-now from any process on PostgreSQL (``LISTEN``),
+  and a slot that frees up. A wake-up during a pass makes the pass run again.
+* A **keeper** thread looks at the running mirrors' rows every half second:
+  a CANCEL (or a lease that is no longer ours) kills that run's skopeo
+  processes at once; the lease is renewed every third of its length.
+* **Shutdown** (SIGTERM of ``quaymirror worker``, or the API process exiting)
+  kills every skopeo process and gives the claims back as SYNC_NOW with no
+  lease, announced with NOTIFY, so another worker takes them at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import select
+
+from quaymirror.db import Database, utcnow
+from quaymirror.mirror import events, status
+from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.worker import claims
+from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles
+from quaymirror.mirror.worker.sync import STOP_CANCELLED, STOP_LOST, STOP_SHUTDOWN, SyncRun
+from quaymirror.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+JOB_ID = "quaymirror-mirror-pass"
+CANCEL_POLL_SECONDS = 0.5
+MAX_BATCH = 100
+SHUTDOWN_TIMEOUT = 10.0
+
+
+@dataclass
+class ActiveRun:
+    claimed: claims.Claimed
+    group: ProcessGroup
+    lease: status.Lease
+    renewed: float = field(default_factory=time.monotonic)
+
+
+def check_storage(settings: Settings) -> None:
+    storage = settings.storage
+    if storage.startswith("oci:") and len(storage) > 4 and ":" not in storage[4:]:
+        return
+    if storage.startswith("docker://") and storage[9:].strip("/") and "/" not in storage[9:].strip("/"):
+        return
+    raise SettingsError(f"QUAYMIRROR_STORAGE must be oci:<dir> (no ':' in it) or docker://<host[:port]>, "
+                        f"not {storage!r}")
+
+
+class Worker:
+    """One worker: runs up to ``worker_concurrency`` mirrors at once, coordinating only through the database."""
+
+    def __init__(self, settings: Settings, database: Database | None = None, *, owner: str | None = None,
+                 listen: bool = True, subscribe: bool = True) -> None:
+        check_storage(settings)
+        self.settings = settings
+        self.database = database or Database(settings.database_url)
+        self._own_database = database is None
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._listen = listen and not settings.is_sqlite
+        self._subscribe = subscribe
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._runs: dict[int, ActiveRun] = {}
+        self._executor = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="mirror")
+        self._stopping = threading.Event()
+        self._wake_pending = False
+        self._in_pass = False
+        self._scheduler: BackgroundScheduler | None = None
+        self._listener: events.PgListener | None = None
+        self._keeper: threading.Thread | None = None
+        self.passes = 0
+
+    # --------------------------------------------------------- lifecycle
+    def start(self, *, poll: bool = True) -> Worker:
+        """Start the keeper, the wake-up sources and (unless ``poll`` is false, for tests) the scheduler."""
+        swept = RunFiles.sweep()
+        if swept:
+            log.info("removed %d run directories left by killed workers", swept)
+        if poll:
+            # Quiet: "skipped: maximum number of running instances reached" is expected after a wake-up,
+            # and every poll would log "Running job ..." at INFO.
+            logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+            logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
+            scheduler = BackgroundScheduler(timezone=UTC, job_defaults={
+                "coalesce": True, "max_instances": 1, "misfire_grace_time": None,
+            })
+            scheduler.add_job(self._job, "interval", seconds=self.settings.worker_poll_seconds, id=JOB_ID,
+                              next_run_time=datetime.now(UTC))
+            scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
+            scheduler.start()
+            self._scheduler = scheduler
+        self._keeper = threading.Thread(target=self._keep, name="quaymirror-keeper", daemon=True)
+        self._keeper.start()
+        if self._subscribe:
+            events.subscribe(self._notified)
+        if self._listen:
+            self._listener = events.PgListener(self.settings.database_url, self._notified).start()
+        log.info("mirror worker %s started: poll every %ss, %d mirrors x %d tags at once, lease %ss, storage %s",
+                 self.owner, self.settings.worker_poll_seconds, self.settings.worker_concurrency,
+                 self.settings.tag_concurrency, self.settings.lease_seconds, self.settings.storage)
+        return self
+
+    def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
+        """Stop: no new passes, skopeo processes killed, claims given back (SYNC_NOW), threads joined."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._subscribe:
+            events.unsubscribe(self._notified)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._listener is not None:
+            self._listener.stop()
+        with self._lock:
+            active = list(self._runs.values())
+        for run in active:
+            run.group.stop(STOP_SHUTDOWN)
+        if active:
+            log.info("mirror worker %s: stopping %d running mirror(s)", self.owner, len(active))
+        if not self.wait_idle(timeout):
+            log.warning("mirror worker %s: %d run(s) still busy after %.0fs", self.owner, len(self._runs), timeout)
+        if self._keeper is not None:
+            self._keeper.join(timeout=2)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_database:
+            self.database.dispose()
+        log.info("mirror worker %s stopped", self.owner)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no mirror runs in this worker (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._runs:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    @property
+    def running(self) -> list[int]:
+        with self._lock:
+            return list(self._runs)
+
+    # ----------------------------------------------------------- wake-ups
+    def _notified(self, _config_id: int | None) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        """Run a pass now (or right after the current one)."""
+        if self._stopping.is_set():
+            return
+        with self._lock:
+            self._wake_pending = True
+            if self._in_pass:
+                return
+        self._reschedule(0)
+
+    def _reschedule(self, delay: float) -> None:
+        scheduler = self._scheduler
+        if scheduler is None or self._stopping.is_set():
+            return
+        try:
+            scheduler.modify_job(JOB_ID, next_run_time=datetime.now(UTC) + timedelta(seconds=delay))
+        except Exception:  # the scheduler is shutting down
+            log.debug("could not reschedule the mirror pass", exc_info=True)
+
+    def _on_skipped(self, _event) -> None:
+        # A wake-up hit the end of a running pass: try again a moment later.
+        with self._lock:
+            pending = self._wake_pending
+        if pending:
+            self._reschedule(0.05)
+
+    def _job(self) -> None:
+        for _ in range(1000):
+            with self._lock:
+                self._in_pass = True
+                self._wake_pending = False
+            try:
+                self.run_pass()
+            except Exception:  # the database is down, ...: the next poll tries again
+                log.exception("mirror pass failed")
+            with self._lock:
+                if not self._wake_pending or self._stopping.is_set():
+                    self._in_pass = False
+                    return
+        with self._lock:
+            self._in_pass = False
+
+    # ------------------------------------------------------------- a pass
+    def run_pass(self) -> int:
+        """Claim due mirrors for the free slots and start them; return how many were claimed."""
+        self.passes += 1
+        claimed = 0
+        for _ in range(5):
+            free = self._free_slots()
+            if free <= 0 or self._stopping.is_set():
+                break
+            limit = min(max(free * 4, 8), MAX_BATCH)
+            with self.database.transaction() as session:
+                candidates = claims.due(session, utcnow(), limit)
+            for candidate in candidates:
+                if free <= 0 or self._stopping.is_set():
+                    break
+                if candidate.config_id in self._runs:
+                    continue
+                got = claims.claim(self.database, candidate, self.owner, self.settings.lease_seconds)
+                if got is not None:
+                    self._launch(got)
+                    claimed += 1
+                    free -= 1
+            if len(candidates) < limit or free <= 0:
+                break
+        return claimed
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.settings.worker_concurrency - len(self._runs)
+
+    def _launch(self, claimed: claims.Claimed) -> None:
+        run = ActiveRun(claimed, ProcessGroup(), claimed.lease)
+        with self._lock:
+            self._runs[claimed.config_id] = run
+        try:
+            self._executor.submit(self._execute, run)
+        except RuntimeError:  # the executor was shut down between the claim and now
+            self._execute(run)
+
+    def _execute(self, run: ActiveRun) -> None:
+        try:
+            if self._stopping.is_set():
+                run.group.stop(STOP_SHUTDOWN)
+            SyncRun(self.settings, self.database, run.claimed, run.group).execute()
+        except Exception:
+            log.exception("mirror run %d crashed", run.claimed.run_id)
+        finally:
+            with self._idle:
+                self._runs.pop(run.claimed.config_id, None)
+                self._idle.notify_all()
+            self.wake()  # a slot is free
+
+    # ---------------------------------------------------- leases and cancel
+    def _keep(self) -> None:
+        tick = min(CANCEL_POLL_SECONDS, self.settings.lease_seconds / 4)
+        while not self._stopping.wait(tick):
+            try:
+                self._keep_once()
+            except Exception:  # a database hiccup: keep watching
+                log.warning("mirror worker %s: lease check failed", self.owner, exc_info=True)
+
+    def _keep_once(self) -> None:
+        with self._lock:
+            active = [r for r in self._runs.values() if not r.group.is_stopped]
+        if not active:
+            return
+        C = RepoMirrorConfig
+        with self.database.transaction() as session:
+            rows = {row.id: row for row in session.execute(
+                select(C.id, C.sync_status, C.lease_token).where(C.id.in_([r.claimed.config_id for r in active]))
+            )}
+        renew_after = self.settings.lease_seconds / 3
+        for run in active:
+            row = rows.get(run.claimed.config_id)
+            if row is not None and row.lease_token == run.lease.token and row.sync_status == RepoMirrorStatus.CANCEL:
+                log.info("mirror config %d: cancelled; stopping its skopeo processes", run.claimed.config_id)
+                run.group.stop(STOP_CANCELLED)
+            elif row is None or row.lease_token != run.lease.token:
+                log.warning("mirror config %d: lease lost; stopping the run", run.claimed.config_id)
+                run.group.stop(STOP_LOST)
+            elif time.monotonic() - run.renewed >= renew_after:
+                with self.database.transaction() as session:
+                    renewed = status.renew(session, run.lease, self.settings.lease_seconds)
+                if renewed is None:
+                    continue  # cancelled or lost meanwhile: the next tick tells which
+                run.lease = renewed
+                run.renewed = time.monotonic()
+
+
+# ------------------------------------------------------------- entry points
+_in_process: list[Worker] = []
+
+
+def start_in_process(app, settings: Settings) -> Worker:
+    """The embedded worker of ``quaymirror serve``: shares the app's database; sync-now wakes it directly.
+
+    Stopped by :func:`shutdown_in_process` (gunicorn's ``worker_exit`` hook), or at interpreter exit.
+    """
+    worker = Worker(settings, app.extensions.get("quaymirror.db"))
+    worker.start()
+    app.extensions["quaymirror.worker"] = worker
+    app.extensions.setdefault("quaymirror.wakeups", []).append(worker.wake)
+    _in_process.append(worker)
+    atexit.register(worker.shutdown)
+    return worker
+
+
+def shutdown_in_process() -> None:
+    """Stop every embedded worker of this process: skopeo killed, claims given back (SYNC_NOW)."""
+    while _in_process:
+        _in_process.pop().shutdown()
+
+
+def run_forever(settings: Settings) -> None:
+    """``quaymirror worker``: run until SIGTERM/SIGINT, then give the claims back and exit."""
+    from quaymirror import db
+
+    if settings.is_sqlite:
+        settings.instance_path.mkdir(parents=True, exist_ok=True)
+        db.upgrade(settings.database_url)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker = Worker(settings).start()
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        worker.shutdown()

@@ -1,0 +1,317 @@
+"""Quay's auth outcomes for every foundation endpoint, caller by caller, on SQLite and PostgreSQL.
+
+Each row of ``EXPECTED`` is one caller (a token, or none); each column one request. Every cell is
+checked, and a failing test lists every cell that disagrees. The rules (issue 2, Quay's
+``auth/permissions.py``):
+
+* no token, a garbage token, an expired token, a robot's own password used as a bearer: 401
+  ``invalid_token`` "Requires authentication";
+* authenticated without the right: 403 ``insufficient_scope`` "Unauthorized";
+* a repository that does not exist in a namespace the caller administers: 404; a namespace that
+  does not exist: 403;
+* the role on a repository is the caller's permission capped by the token's repo:* scope;
+  namespace owners and org admins hold admin on every repository of the namespace;
+* scopes: ``/user/``, ``/organization/{org}`` and ``/entities/`` any valid token; organization
+  create ``user:admin``; repository create ``repo:create`` + namespace admin; repository read
+  ``repo:read``; admin operations ``repo:admin``; organization robots ``org:admin`` + org admin;
+  the caller's own robots ``user:admin``;
+* superusers pass admin checks only with QUAYMIRROR_SUPERUSERS_FULL_ACCESS on and a token that
+  carries ``super:user``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from quaymirror.accounts.models import OrganizationMember
+
+FULL = "repo:admin repo:create user:admin org:admin"  # every scope but super:user
+
+# Column id -> (method, path, JSON body or None). Each mutating column has a target of its own, so
+# the order of the requests does not matter.
+ENDPOINTS: dict[str, tuple[str, str, dict | None]] = {
+    "user": ("GET", "/api/v1/user/", None),
+    "org_get": ("GET", "/api/v1/organization/buynlarge", None),
+    "org_get_user_ns": ("GET", "/api/v1/organization/devtable", None),
+    "org_create": ("POST", "/api/v1/organization/", {"name": "neworg", "email": "new@example.com"}),
+    "repo_create": ("POST", "/api/v1/repository",
+                    {"namespace": "devtable", "repository": "created", "visibility": "private",
+                     "description": "", "repo_kind": "image"}),
+    "repo_create_org": ("POST", "/api/v1/repository",
+                        {"namespace": "buynlarge", "repository": "created", "visibility": "private"}),
+    "repo_create_no_ns": ("POST", "/api/v1/repository", {"namespace": "nosuchns", "repository": "created"}),
+    "repo_get": ("GET", "/api/v1/repository/devtable/simple", None),
+    "repo_get_org": ("GET", "/api/v1/repository/buynlarge/orgrepo", None),
+    "repo_get_missing": ("GET", "/api/v1/repository/devtable/nosuchrepo", None),
+    "repo_get_org_missing": ("GET", "/api/v1/repository/buynlarge/nosuchrepo", None),
+    "repo_get_no_ns": ("GET", "/api/v1/repository/nosuchns/repo", None),
+    "repo_delete": ("DELETE", "/api/v1/repository/devtable/doomed", None),
+    "repo_delete_org": ("DELETE", "/api/v1/repository/buynlarge/orgdoomed", None),
+    "changestate": ("PUT", "/api/v1/repository/devtable/simple/changestate", {"state": "READ_ONLY"}),
+    "changestate_org": ("PUT", "/api/v1/repository/buynlarge/orgrepo/changestate", {"state": "MIRROR"}),
+    "changestate_missing": ("PUT", "/api/v1/repository/devtable/nosuchrepo/changestate", {"state": "MIRROR"}),
+    "perms_user": ("GET", "/api/v1/repository/devtable/simple/permissions/user/", None),
+    "perms_team": ("GET", "/api/v1/repository/devtable/simple/permissions/team/", None),
+    "perm_put": ("PUT", "/api/v1/repository/devtable/simple/permissions/user/devtable+dtrobot2",
+                 {"role": "write"}),
+    "perms_user_org": ("GET", "/api/v1/repository/buynlarge/orgrepo/permissions/user/", None),
+    "perm_put_org": ("PUT", "/api/v1/repository/buynlarge/orgrepo/permissions/user/buynlarge+coolrobot",
+                     {"role": "read"}),
+    "org_robot_get": ("GET", "/api/v1/organization/buynlarge/robots/coolrobot", None),
+    "org_robot_put": ("PUT", "/api/v1/organization/buynlarge/robots/newbot", {"description": "made"}),
+    "org_robot_delete": ("DELETE", "/api/v1/organization/buynlarge/robots/doomedbot", None),
+    "org_robot_no_org": ("GET", "/api/v1/organization/nosuchorg/robots/coolrobot", None),
+    "user_robot_get": ("GET", "/api/v1/user/robots/dtrobot", None),
+    "user_robot_put": ("PUT", "/api/v1/user/robots/newbot", {}),
+    "user_robot_delete": ("DELETE", "/api/v1/user/robots/doomedbot", None),
+    "entities": ("GET", "/api/v1/entities/dev?includeOrgs=False&includeTeams=False", None),
+}
+COLUMNS = list(ENDPOINTS)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls: ``token`` is a label resolved by ``bearer()``; ``full_access`` the superuser switch."""
+
+    token: str | None
+    full_access: bool = False
+
+
+CALLERS: dict[str, Caller] = {
+    "anonymous": Caller(None),
+    "garbage token": Caller("garbage"),
+    "expired token": Caller("expired"),
+    "robot password as bearer": Caller("robot-password"),
+    "only repo:read": Caller("only:repo:read"),
+    "only repo:write": Caller("only:repo:write"),
+    "only repo:admin": Caller("only:repo:admin"),
+    "only repo:create": Caller("only:repo:create"),
+    "only user:read": Caller("only:user:read"),
+    "only user:admin": Caller("only:user:admin"),
+    "only org:admin": Caller("only:org:admin"),
+    "only super:user": Caller("only:super:user"),
+    "namespace owner": Caller("owner"),
+    "org admin": Caller("orgadmin"),
+    "org plain member": Caller("member"),
+    "other user": Caller("other"),
+    "robot oauth token": Caller("robot"),
+    "superuser, full access off, super:user": Caller("sudo"),
+    "superuser, full access on, super:user only": Caller("only:super:user", full_access=True),
+    "superuser, full access on, no super:user": Caller("owner", full_access=True),
+}
+
+
+def row(cells: str) -> dict[str, int]:
+    """``"user=200 org_get=200 ..."`` -> {column: status}; every column must be given exactly once."""
+    parsed = dict(cell.split("=") for cell in cells.split())
+    assert sorted(parsed) == sorted(COLUMNS), sorted(set(COLUMNS) ^ set(parsed))
+    return {column: int(status) for column, status in parsed.items()}
+
+
+def same_for_all(status: int) -> dict[str, int]:
+    return dict.fromkeys(COLUMNS, status)
+
+
+# Reading aid: devtable owns devtable/simple (and is a superuser); freshuser administers buynlarge;
+# "member" is a plain member of buynlarge; reader is unrelated; devtable+dtrobot has read on
+# devtable/simple.
+_REPO_DENIED = (
+    "repo_create=403 repo_create_org=403 repo_create_no_ns=403 repo_get=403 repo_get_org=403 "
+    "repo_get_missing=403 repo_get_org_missing=403 repo_get_no_ns=403 repo_delete=403 repo_delete_org=403 "
+    "changestate=403 changestate_org=403 changestate_missing=403 perms_user=403 perms_team=403 perm_put=403 "
+    "perms_user_org=403 perm_put_org=403"
+)
+_ORG_ROBOTS_DENIED = "org_robot_get=403 org_robot_put=403 org_robot_delete=403 org_robot_no_org=403"
+_ANY_TOKEN = "user=200 org_get=200 org_get_user_ns=404 entities=200"
+_NO_USER_ADMIN = "org_create=403 user_robot_get=403 user_robot_put=403 user_robot_delete=403"
+_OWNER = row(
+    f"{_ANY_TOKEN} org_create=201 "
+    "repo_create=201 repo_create_org=403 repo_create_no_ns=403 repo_get=200 repo_get_org=403 "
+    "repo_get_missing=404 repo_get_org_missing=403 repo_get_no_ns=403 repo_delete=204 repo_delete_org=403 "
+    "changestate=200 changestate_org=403 changestate_missing=404 perms_user=200 perms_team=200 perm_put=200 "
+    f"perms_user_org=403 perm_put_org=403 {_ORG_ROBOTS_DENIED} "
+    "user_robot_get=200 user_robot_put=201 user_robot_delete=204"
+)
+# A user with user:admin but no robot named dtrobot/doomedbot of their own: Quay's 400 "Could not find robot".
+_UNRELATED_USER = row(
+    f"{_ANY_TOKEN} org_create=201 {_REPO_DENIED} {_ORG_ROBOTS_DENIED} "
+    "user_robot_get=400 user_robot_put=201 user_robot_delete=400"
+)
+_READ_ONLY_OWNER = row(
+    f"{_ANY_TOKEN} {_NO_USER_ADMIN} {_ORG_ROBOTS_DENIED} "
+    "repo_create=403 repo_create_org=403 repo_create_no_ns=403 repo_get=200 repo_get_org=403 "
+    "repo_get_missing=404 repo_get_org_missing=403 repo_get_no_ns=403 repo_delete=403 repo_delete_org=403 "
+    "changestate=403 changestate_org=403 changestate_missing=403 perms_user=403 perms_team=403 perm_put=403 "
+    "perms_user_org=403 perm_put_org=403"
+)
+_NOTHING_BUT_LOGIN = row(f"{_ANY_TOKEN} {_NO_USER_ADMIN} {_REPO_DENIED} {_ORG_ROBOTS_DENIED}")
+
+EXPECTED: dict[str, dict[str, int]] = {
+    "anonymous": same_for_all(401),
+    "garbage token": same_for_all(401),
+    "expired token": same_for_all(401),
+    "robot password as bearer": same_for_all(401),
+    "only repo:read": _READ_ONLY_OWNER,
+    "only repo:write": _READ_ONLY_OWNER,
+    "only repo:admin": row(
+        f"{_ANY_TOKEN} {_NO_USER_ADMIN} {_ORG_ROBOTS_DENIED} "
+        "repo_create=403 repo_create_org=403 repo_create_no_ns=403 repo_get=200 repo_get_org=403 "
+        "repo_get_missing=404 repo_get_org_missing=403 repo_get_no_ns=403 repo_delete=204 repo_delete_org=403 "
+        "changestate=200 changestate_org=403 changestate_missing=404 perms_user=200 perms_team=200 perm_put=200 "
+        "perms_user_org=403 perm_put_org=403"
+    ),
+    "only repo:create": {**_NOTHING_BUT_LOGIN, "repo_create": 201},
+    "only user:read": _NOTHING_BUT_LOGIN,
+    "only user:admin": {**_NOTHING_BUT_LOGIN, "org_create": 201, "user_robot_get": 200, "user_robot_put": 201,
+                        "user_robot_delete": 204},
+    # devtable is no admin of buynlarge: org:admin alone opens nothing.
+    "only org:admin": _NOTHING_BUT_LOGIN,
+    "only super:user": _NOTHING_BUT_LOGIN,
+    "namespace owner": _OWNER,
+    "org admin": row(
+        f"{_ANY_TOKEN} org_create=201 "
+        "repo_create=403 repo_create_org=201 repo_create_no_ns=403 repo_get=403 repo_get_org=200 "
+        "repo_get_missing=403 repo_get_org_missing=404 repo_get_no_ns=403 repo_delete=403 repo_delete_org=204 "
+        "changestate=403 changestate_org=200 changestate_missing=403 perms_user=403 perms_team=403 perm_put=403 "
+        "perms_user_org=200 perm_put_org=200 "
+        "org_robot_get=200 org_robot_put=201 org_robot_delete=204 org_robot_no_org=403 "
+        "user_robot_get=400 user_robot_put=201 user_robot_delete=400"
+    ),
+    "org plain member": _UNRELATED_USER,
+    "other user": _UNRELATED_USER,
+    # A robot's OAuth token: its direct read permission works; it administers nothing, owns no robots.
+    "robot oauth token": {**_NOTHING_BUT_LOGIN, "repo_get": 200},
+    "superuser, full access off, super:user": _OWNER,
+    "superuser, full access on, super:user only": row(
+        f"{_ANY_TOKEN} {_NO_USER_ADMIN} "
+        "repo_create=201 repo_create_org=201 repo_create_no_ns=403 repo_get=200 repo_get_org=200 "
+        "repo_get_missing=404 repo_get_org_missing=404 repo_get_no_ns=404 repo_delete=204 repo_delete_org=204 "
+        "changestate=200 changestate_org=200 changestate_missing=404 perms_user=200 perms_team=200 perm_put=200 "
+        "perms_user_org=200 perm_put_org=200 "
+        "org_robot_get=200 org_robot_put=201 org_robot_delete=204 org_robot_no_org=403"
+    ),
+    "superuser, full access on, no super:user": _OWNER,
+}
+
+ERROR_BODIES = {
+    401: ("invalid_token", "Requires authentication"),
+    403: ("insufficient_scope", "Unauthorized"),
+    404: ("not_found", "Not Found"),
+}
+
+
+def test_every_caller_has_a_complete_row():
+    assert sorted(EXPECTED) == sorted(CALLERS)
+    for name, cells in EXPECTED.items():
+        assert sorted(cells) == sorted(COLUMNS), name
+
+
+@pytest.fixture
+def matrix_world(world):
+    """The recorded-exchange fixtures plus: an org member, org repositories, doomed targets, tokens."""
+    world.user("member")
+    with world.database.transaction() as s:
+        from quaymirror.accounts import service as accounts
+
+        org = accounts.get_by_name(s, "buynlarge")
+        s.add(OrganizationMember(organization_id=org.id, user_id=accounts.get_by_name(s, "member").id,
+                                 role="member"))
+    world.repo("devtable/doomed")
+    world.repo("buynlarge/orgrepo")
+    world.repo("buynlarge/orgdoomed")
+    world.robot("devtable+doomedbot")
+    world.robot("buynlarge+doomedbot")
+    world.grant("devtable+dtrobot", "devtable/simple", "read")
+
+    world.tokens["garbage"] = "notarealtoken"
+    world.token("expired", "devtable", f"{FULL} super:user", expires_in=-60)
+    world.tokens["robot-password"] = world.robot_tokens["devtable+dtrobot"]
+    for scope in ("repo:read", "repo:write", "repo:admin", "repo:create", "user:read", "user:admin",
+                  "org:admin", "super:user"):
+        world.token(f"only:{scope}", "devtable", scope)
+    world.token("owner", "devtable", FULL)
+    world.token("orgadmin", "freshuser", FULL)
+    world.token("member", "member", FULL)
+    world.token("other", "reader", FULL)
+    world.token("robot", "devtable+dtrobot", FULL)
+    world.token("sudo", "devtable", f"{FULL} super:user")
+    return world
+
+
+@pytest.mark.parametrize("caller_name", list(CALLERS))
+def test_auth_matrix(caller_name, matrix_world, app_with):
+    caller = CALLERS[caller_name]
+    client = app_with(superusers_full_access=caller.full_access).test_client()
+    headers = matrix_world.headers(caller.token)
+    wrong = []
+    for column, (method, path, body) in ENDPOINTS.items():
+        response = client.open(path, method=method, headers=headers, json=body)
+        expected = EXPECTED[caller_name][column]
+        payload = response.get_json(silent=True)
+        if response.status_code != expected:
+            wrong.append(f"{column}: {method} {path} -> {response.status_code} (expected {expected}) {payload}")
+            continue
+        if expected in ERROR_BODIES:
+            error_type, detail = ERROR_BODIES[expected]
+            if (payload or {}).get("error_type") != error_type or payload.get("detail") != detail:
+                wrong.append(f"{column}: {method} {path} -> body {payload}")
+        elif expected == 400 and payload != {"message": "Could not find robot with specified username"}:
+            # 400 is only expected where the robot of that name does not exist: Quay's data-model answer.
+            wrong.append(f"{column}: {method} {path} -> body {payload}")
+    assert not wrong, f"{caller_name}:\n" + "\n".join(wrong)
+
+
+def test_expired_token_worked_before_it_expired(matrix_world, client):
+    """The expired row fails only because of the expiry: the same scopes, unexpired, pass."""
+    matrix_world.token("fresh-sudo", "devtable", f"{FULL} super:user", expires_in=3600)
+    assert client.get("/api/v1/user/", headers=matrix_world.headers("fresh-sudo")).status_code == 200
+    assert client.get("/api/v1/user/", headers=matrix_world.headers("expired")).status_code == 401
+
+
+@pytest.mark.parametrize("header", [
+    "Basic ZGV2dGFibGU6cGFzc3dvcmQ=",
+    "Bearer",
+    "Bearer ",
+    "bearer notarealtoken",
+    "Token abc",
+    "Bearer a b c",
+])
+def test_malformed_authorization_headers_are_unauthenticated(header, world, client):
+    response = client.get("/api/v1/repository/devtable/simple", headers={"Authorization": header})
+    assert response.status_code == 401
+    assert response.get_json()["error_type"] == "invalid_token"
+
+
+def test_lower_case_bearer_scheme_is_accepted(world, client):
+    token = world.tokens["admin"]
+    response = client.get("/api/v1/user/", headers={"Authorization": f"bearer {token}"})
+    assert response.status_code == 200
+
+
+def test_public_repository_is_readable_anonymously_but_not_writable(world, client):
+    world.repo("devtable/public", visibility="public")
+    response = client.get("/api/v1/repository/devtable/public")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["is_public"] is True
+    assert body["can_write"] is False and body["can_admin"] is False
+    assert client.delete("/api/v1/repository/devtable/public").status_code == 401
+    assert client.put("/api/v1/repository/devtable/public/changestate", json={"state": "MIRROR"}).status_code == 401
+    assert client.delete("/api/v1/repository/devtable/public", headers=world.headers("reader")).status_code == 403
+
+
+def test_unknown_scope_in_a_stored_token_grants_nothing(world, database, client):
+    """Quay: one unknown scope invalidates the whole scope string."""
+    from sqlalchemy import select
+
+    from quaymirror.auth.models import AccessToken
+    from quaymirror.auth.tokens import hash_token
+
+    raw = world.token("odd", "devtable", "repo:admin")
+    with database.transaction() as s:
+        s.scalars(select(AccessToken).where(AccessToken.token_hash == hash_token(raw))).one().scope = \
+            "repo:admin nonsense:scope"
+    assert client.get("/api/v1/user/", headers=world.headers("odd")).status_code == 200
+    assert client.get("/api/v1/repository/devtable/simple", headers=world.headers("odd")).status_code == 403

@@ -1,0 +1,136 @@
+"""Settings from QUAYMIRROR_* variables, with an embedded default that needs nothing."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from quaymirror.settings import Settings, SettingsError, database_url_from_env, instance_path_from_env
+
+
+def test_embedded_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings.instance_path == tmp_path / "instance"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'instance' / 'quaymirror.db'}"
+    assert settings.is_sqlite
+    assert settings.storage == f"oci:{tmp_path / 'instance' / 'storage'}"
+    assert settings.ssrf_allowed_hosts == ()
+    assert settings.superusers_full_access is False
+    assert settings.max_content_length == 1024 * 1024
+    key_file = tmp_path / "instance" / "secret_key"
+    assert settings.secret_key == key_file.read_text().strip()
+    assert len(settings.secret_key) >= 32
+
+
+def test_secret_key_is_private_and_stable(tmp_path):
+    env = {"QUAYMIRROR_INSTANCE_PATH": str(tmp_path / "inst")}
+    first = Settings.from_env(env).secret_key
+    mode = stat.S_IMODE(os.stat(tmp_path / "inst" / "secret_key").st_mode)
+    assert mode == 0o600
+    assert Settings.from_env(env).secret_key == first
+    assert [p.name for p in (tmp_path / "inst").iterdir()] == ["secret_key"]  # no temp file left behind
+
+
+def test_secret_key_created_once_by_racing_processes(tmp_path):
+    """Replicas starting together on one volume must agree on one key."""
+    env = {"QUAYMIRROR_INSTANCE_PATH": str(tmp_path / "inst")}
+    keys: list[str] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            keys.append(Settings.from_env(env).secret_key)
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(keys)) == 1
+    assert keys[0] == (tmp_path / "inst" / "secret_key").read_text().strip()
+
+
+def test_empty_secret_key_file_is_an_error(tmp_path):
+    (tmp_path / "secret_key").write_text("\n")
+    with pytest.raises(SettingsError, match="empty"):
+        Settings.from_env({"QUAYMIRROR_INSTANCE_PATH": str(tmp_path)})
+
+
+def test_explicit_secret_key_writes_nothing(tmp_path):
+    settings = Settings.from_env({"QUAYMIRROR_INSTANCE_PATH": str(tmp_path / "inst"),
+                                  "QUAYMIRROR_SECRET_KEY": "given"})
+    assert settings.secret_key == "given"
+    assert not (tmp_path / "inst").exists()
+
+
+def test_every_documented_setting(tmp_path):
+    settings = Settings.from_env({
+        "QUAYMIRROR_INSTANCE_PATH": str(tmp_path),
+        "QUAYMIRROR_DATABASE_URL": "postgresql+psycopg2://u:p@db/quay",
+        "QUAYMIRROR_SECRET_KEY": "s3cret",
+        "QUAYMIRROR_SSRF_ALLOWED_HOSTS": " registry.internal , 10.0.0.0/8,,",
+        "QUAYMIRROR_SUPERUSERS_FULL_ACCESS": "true",
+    })
+    assert settings.database_url == "postgresql+psycopg2://u:p@db/quay"
+    assert not settings.is_sqlite
+    assert settings.secret_key == "s3cret"
+    assert settings.ssrf_allowed_hosts == ("registry.internal", "10.0.0.0/8")
+    assert settings.superusers_full_access is True
+
+
+@pytest.mark.parametrize(("raw", "value"), [
+    ("1", True), ("true", True), ("YES", True), (" on ", True),
+    ("0", False), ("false", False), ("No", False), ("off", False), ("", False),
+])
+def test_boolean_values(raw, value, tmp_path):
+    env = {"QUAYMIRROR_INSTANCE_PATH": str(tmp_path), "QUAYMIRROR_SECRET_KEY": "k",
+           "QUAYMIRROR_SUPERUSERS_FULL_ACCESS": raw}
+    assert Settings.from_env(env).superusers_full_access is value
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("SUPERUSERS_FULL_ACCESS", "maybe"),
+    ("STORAGE", "s3://bucket"),
+    ("API_WORKERS", "zero"),
+    ("API_WORKERS", "0"),
+])
+def test_unusable_values_are_refused_at_start(name, raw, tmp_path):
+    env = {"QUAYMIRROR_INSTANCE_PATH": str(tmp_path), "QUAYMIRROR_SECRET_KEY": "k", f"QUAYMIRROR_{name}": raw}
+    with pytest.raises(SettingsError, match=f"QUAYMIRROR_{name}"):
+        Settings.from_env(env)
+
+
+def test_settings_are_immutable_but_overridable(tmp_path):
+    settings = Settings.from_env({"QUAYMIRROR_INSTANCE_PATH": str(tmp_path), "QUAYMIRROR_SECRET_KEY": "k"})
+    with pytest.raises(AttributeError):
+        settings.superusers_full_access = True  # type: ignore[misc]
+    assert settings.with_overrides(superusers_full_access=True).superusers_full_access is True
+    assert settings.superusers_full_access is False
+
+
+def test_database_url_alone_touches_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert database_url_from_env({}) == f"sqlite:///{tmp_path / 'instance' / 'quaymirror.db'}"
+    assert instance_path_from_env({"QUAYMIRROR_INSTANCE_PATH": "rel"}) == tmp_path / "rel"
+    assert database_url_from_env({"QUAYMIRROR_DATABASE_URL": "sqlite:////x.db"}) == "sqlite:////x.db"
+    assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_reads_the_process_environment_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("QUAYMIRROR_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("QUAYMIRROR_SECRET_KEY", "from-env")
+    monkeypatch.setenv("QUAYMIRROR_SUPERUSERS_FULL_ACCESS", "on")
+    settings = Settings.from_env()
+    assert settings.instance_path == tmp_path
+    assert settings.secret_key == "from-env"
+    assert settings.superusers_full_access is True

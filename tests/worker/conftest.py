@@ -1,0 +1,93 @@
+"""Fixtures for the worker tests: mirror rows, worker settings, workers and skopeo cleanup.
+
+Every worker started here is shut down at teardown, and every skopeo process
+whose command line mentions a registry or proxy of the test is killed, even
+when the test failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from quaymirror.db import Database
+from quaymirror.mirror.worker.runner import Worker
+from quaymirror.settings import Settings
+from tests.conftest import TEST_SECRET
+from tests.harness.fixtures import auth_registry, registry, require_tools, tls_registry  # noqa: F401
+from tests.worker.helpers import Mirrors, kill_skopeo
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require_tools("skopeo", "docker-registry")
+
+
+@pytest.fixture
+def mirrors(database) -> Mirrors:
+    return Mirrors(database, TEST_SECRET)
+
+
+@pytest.fixture
+def wsettings(settings: Settings) -> Settings:
+    """Settings for a worker against loopback registries (allowed by the SSRF rules only here)."""
+    return settings.with_overrides(ssrf_allowed_hosts=("127.0.0.1/32",), worker_poll_seconds=0.2,
+                                   lease_seconds=30, worker_concurrency=2, tag_concurrency=4)
+
+
+@pytest.fixture
+def pg_settings(request, tmp_path) -> Settings:
+    """Worker settings on PostgreSQL only, for what only PostgreSQL does (LISTEN, concurrent workers)."""
+    from tests.conftest import _truncate_all
+
+    url = request.getfixturevalue("postgres_url")
+    _truncate_all(url)
+    instance = tmp_path / "pg-instance"
+    instance.mkdir()
+    return Settings(instance_path=instance, database_url=url, secret_key=TEST_SECRET,
+                    storage=f"oci:{instance / 'storage'}", ssrf_allowed_hosts=("127.0.0.1/32",),
+                    worker_poll_seconds=0.2, lease_seconds=30)
+
+
+@pytest.fixture
+def pg_database(pg_settings) -> Iterator[Database]:
+    database = Database(pg_settings.database_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def markers() -> Iterator[list[str]]:
+    """Strings (registry host:port) whose skopeo processes are killed at teardown."""
+    found: list[str] = []
+    yield found
+    for marker in found:
+        kill_skopeo(marker)
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.shutdown(timeout=10)
+
+
+@pytest.fixture
+def make_worker(wsettings, database, workers):
+    """``make_worker(poll=False, **setting_overrides)``: a started in-process worker, shut down at teardown."""
+
+    def make(*, poll: bool = False, listen: bool = False, subscribe: bool = False, **overrides) -> Worker:
+        worker = Worker(wsettings.with_overrides(**overrides), database, listen=listen, subscribe=subscribe)
+        workers.append(worker)
+        return worker.start(poll=poll)
+
+    return make
+
+
+def sync_once(worker: Worker, timeout: float = 60) -> int:
+    """One pass of ``worker`` and wait until the mirrors it claimed have finished."""
+    claimed = worker.run_pass()
+    assert worker.wait_idle(timeout), f"runs still busy after {timeout}s"
+    return claimed
