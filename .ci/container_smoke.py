@@ -1,6 +1,6 @@
 """Container smoke test: the image built from our Dockerfile serves, mirrors, and stops cleanly.
 
-Run by .ci/container-smoke after the build. Drives the container's API with curl from the host,
+Run by .ci/containers after the build. Drives the container's API with curl from the host,
 mirrors from a registry on the host's loopback into the container's OCI layout, checks the digests,
 and removes everything it started whatever happens.
 """
@@ -99,7 +99,11 @@ def main() -> int:
                 code, body = curl("GET", f"{base}/api/v1/repository/alice/app/mirror", token)
                 state = json.loads(body).get("sync_status") if code == 200 else None
                 if state == "FAIL":
-                    raise RuntimeError(f"sync failed: {body}\n{run('podman', 'logs', name, check=False)[-3000:]}")
+                    history = curl("GET", f"{base}/api/v1/repository/alice/app/mirror/syncs", token)[1]
+                    logs = subprocess.run(["podman", "logs", name], capture_output=True, text=True, timeout=60,
+                                          check=False)
+                    raise RuntimeError(f"sync failed: {body}\nhistory: {history[:3000]}\n"
+                                       f"{(logs.stdout + logs.stderr)[-4000:]}")
                 return state == "SUCCESS"
 
             wait_for(synced, "the mirror to reach SUCCESS", 120)

@@ -71,7 +71,7 @@ def main() -> int:
     containers: list[str] = []
     env = ["-e", f"QUAYMIRROR_DATABASE_URL={db_url}", "-e", f"QUAYMIRROR_SECRET_KEY=topology-{suffix}",
            "-e", "QUAYMIRROR_SSRF_ALLOWED_HOSTS=127.0.0.1", "-e", f"QUAYMIRROR_LEASE_SECONDS={LEASE}",
-           "-e", "QUAYMIRROR_WORKER_POLL_SECONDS=30", "-e", "QUAYMIRROR_TAG_CONCURRENCY=1",
+           "-e", "QUAYMIRROR_WORKER_POLL_SECONDS=60", "-e", "QUAYMIRROR_TAG_CONCURRENCY=1",
            "-e", "QUAYMIRROR_STORAGE_TLS_VERIFY=false"]
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{dbname}"'))

@@ -108,6 +108,8 @@ class Settings:
     worker_concurrency: int = 2
     tag_concurrency: int = 4
     lease_seconds: int = 600
+    # A failed mirror is retried no sooner than this (Quay: at the next 30 s pass).
+    retry_seconds: float = 30.0
     skopeo_path: str = "skopeo"
     # Upper bound (seconds) on every skopeo command, below each mirror's skopeo_timeout_interval.
     skopeo_timeout_max: float | None = None
@@ -151,6 +153,7 @@ class Settings:
             worker_concurrency=int(_number("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY"), 2, int, 1)),
             tag_concurrency=int(_number("TAG_CONCURRENCY", get("TAG_CONCURRENCY"), 4, int, 1)),
             lease_seconds=int(_number("LEASE_SECONDS", get("LEASE_SECONDS"), 600, int, 1)),
+            retry_seconds=_number("RETRY_SECONDS", get("RETRY_SECONDS"), 30.0, float, 0),
             skopeo_path=get("SKOPEO") or "skopeo",
             skopeo_timeout_max=(
                 float(_number("SKOPEO_TIMEOUT_MAX", get("SKOPEO_TIMEOUT_MAX"), 0, float, 0.1))

@@ -33,7 +33,7 @@ def mirrors(database) -> Mirrors:
 def wsettings(settings: Settings) -> Settings:
     """Settings for a worker against loopback registries (allowed by the SSRF rules only here)."""
     return settings.with_overrides(ssrf_allowed_hosts=("127.0.0.1/32",), worker_poll_seconds=0.2,
-                                   lease_seconds=30, worker_concurrency=2, tag_concurrency=4)
+                                   lease_seconds=30, worker_concurrency=2, tag_concurrency=4, retry_seconds=0)
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def pg_settings(request, tmp_path) -> Settings:
     instance.mkdir()
     return Settings(instance_path=instance, database_url=url, secret_key=TEST_SECRET,
                     storage=f"oci:{instance / 'storage'}", ssrf_allowed_hosts=("127.0.0.1/32",),
-                    worker_poll_seconds=0.2, lease_seconds=30)
+                    worker_poll_seconds=0.2, lease_seconds=30, retry_seconds=0)
 
 
 @pytest.fixture

@@ -268,3 +268,17 @@ def test_undecryptable_credentials_fail_the_run_without_skopeo(database, mirrors
     with database.transaction() as session:
         kinds = [e.kind for e in audit.entries(session) if e.kind.startswith("repo_mirror")]
     assert kinds == ["repo_mirror_sync_started", "repo_mirror_sync_failed"]
+
+
+def test_a_failed_mirror_waits_retry_seconds_but_sync_now_does_not(database, mirrors, make_worker):
+    """Quay retries a failure at its next 30 s pass; the end of a run must not retry it at once."""
+    config_id = mirrors.create("org/retry", "127.0.0.1:5000/up/x", ["*"])
+    worker = make_worker(ssrf_allowed_hosts=(), retry_seconds=60)
+    assert sync_once(worker) == 1  # refused by the SSRF re-check: FAIL, retries 2
+    assert mirrors.config(config_id).sync_retries_remaining == 2
+    assert sync_once(worker) == 0, "retried before QUAYMIRROR_RETRY_SECONDS passed"
+    assert len(mirrors.runs(config_id)) == 1
+    with database.transaction() as session:
+        assert status.request_sync_now(session, session.get(RepoMirrorConfig, config_id))
+    assert sync_once(worker) == 1, "a sync-now must not wait for the retry delay"
+    assert len(mirrors.runs(config_id)) == 2

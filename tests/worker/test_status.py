@@ -187,3 +187,24 @@ def test_due_query_uses_indexes_on_postgresql(pg_database):
     assert "Seq Scan on repomirrorconfig" not in plan, plan
     with pg_database.transaction() as session:
         assert len(claims.due(session, utcnow(), 100)) == 5
+
+
+def test_the_worker_wakes_when_a_schedule_or_a_lease_falls_due_not_at_its_next_poll(database, mirrors, make_worker):
+    """With an hour-long poll, a mirror due in a second and a dead worker's lease ending in a
+    second are both taken within about that second."""
+    from tests.worker.helpers import wait_for
+
+    soon = mirrors.create("org/soon", "127.0.0.1:9/up/x", ["*"], status=RepoMirrorStatus.SUCCESS,
+                          start=utcnow() + timedelta(seconds=1))
+    orphan = mirrors.create("org/orphan", "127.0.0.1:9/up/y", ["*"], status=RepoMirrorStatus.SUCCESS,
+                            start=utcnow() + timedelta(hours=1))
+    with database.transaction() as session:
+        row = session.get(RepoMirrorConfig, orphan)
+        row.sync_status = int(RepoMirrorStatus.SYNCING)
+        row.sync_expiration_date = utcnow() + timedelta(seconds=1.5)
+        row.lease_token = "a-dead-workers-lease"
+    # The references are refused by the SSRF re-check: each run fails at once, which is all we need.
+    worker = make_worker(poll=True, worker_poll_seconds=3600, ssrf_allowed_hosts=(), retry_seconds=3600)
+    wait_for(lambda: len(mirrors.runs(soon)) == 1 and len(mirrors.runs(orphan)) == 1, timeout=6,
+             what="both mirrors to be run")
+    assert worker.passes < 10

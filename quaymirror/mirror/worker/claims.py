@@ -48,6 +48,25 @@ def due_query(now: datetime, limit: int):
     )
 
 
+def next_due(session: Session, now: datetime) -> datetime | None:
+    """When the next mirror becomes due without any user action: a scheduled start or a lease expiry.
+
+    Two indexed MIN() queries; the worker sleeps until then instead of waiting for its next poll.
+    """
+    S = RepoMirrorStatus
+    start = session.scalar(
+        select(func.min(C.sync_start_date)).where(
+            C.sync_status.in_([int(S.NEVER_RUN), int(S.SUCCESS), int(S.FAIL)]),
+            C.sync_start_date > now, C.is_enabled.is_(True), C.sync_retries_remaining > 0,
+        )
+    )
+    expiry = session.scalar(
+        select(func.min(C.sync_expiration_date)).where(C.sync_status == int(S.SYNCING), C.sync_expiration_date > now)
+    )
+    times = [t for t in (start, expiry) if t is not None]
+    return min(times) if times else None
+
+
 def due(session: Session, now: datetime, limit: int) -> list[Candidate]:
     return [Candidate(*row) for row in session.execute(due_query(now, limit))]
 

@@ -26,6 +26,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -165,7 +167,11 @@ class OciRepository:
 
     def copy_target(self, tag: str, slot: str) -> CopyTarget:
         self._ensure_layout()
-        stage = self.files.child(f"stage-{slot}")
+        # skopeo renames its temporary blob files from the staging layout into the shared blob
+        # directory, so the staging layout must live on the same filesystem as the storage.
+        staging = self.path.parent / ".staging"
+        staging.mkdir(mode=0o700, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{self.path.name}-{slot}-", dir=staging))
         return CopyTarget(f"oci:{stage}:{tag}", ["--dest-shared-blob-dir", str(self.path / "blobs")], stage)
 
     def commit(self, tag: str, target: CopyTarget) -> str:
@@ -183,13 +189,12 @@ class OciRepository:
             doc["manifests"] = [m for m in doc["manifests"]
                                 if (m.get("annotations") or {}).get(REF_NAME) != tag] + [entry]
             self._write_index(doc)
-        with contextlib.suppress(OSError):
-            for leftover in (target.stage / "index.json", target.stage / "oci-layout"):
-                leftover.unlink()
-            with contextlib.suppress(OSError):
-                (target.stage / "blobs").rmdir()
-            target.stage.rmdir()
         return str(entry["digest"])
+
+    def cleanup(self, target: CopyTarget) -> None:
+        """Remove a staging layout, whether its copy was committed or failed."""
+        if target.stage is not None:
+            shutil.rmtree(target.stage, ignore_errors=True)
 
     def _blob(self, digest: str) -> bytes | None:
         algorithm, _, hexdigest = digest.partition(":")
@@ -307,6 +312,9 @@ class RegistryRepository:
 
     def commit(self, tag: str, target: CopyTarget) -> str | None:
         return None  # the digest file says what was written
+
+    def cleanup(self, target: CopyTarget) -> None:
+        """Nothing is staged for a registry destination."""
 
     def image_size(self, digest: str) -> int | None:
         def fetch(ref: str) -> bytes | None:

@@ -34,7 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
 from quaymirror.db import Database, utcnow
-from quaymirror.mirror import events, status
+from quaymirror.mirror import events, history, status
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker import claims
 from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles
@@ -86,6 +86,9 @@ class Worker:
         self._stopping = threading.Event()
         self._wake_pending = False
         self._in_pass = False
+        # A failed mirror waits ``retry_seconds`` before its next try here, instead of being retried by
+        # the wake-up its own end causes (which would burn all retries within a second).
+        self._retry_not_before: dict[int, float] = {}
         self._scheduler: BackgroundScheduler | None = None
         self._listener: events.PgListener | None = None
         self._keeper: threading.Thread | None = None
@@ -224,7 +227,7 @@ class Worker:
             for candidate in candidates:
                 if free <= 0 or self._stopping.is_set():
                     break
-                if candidate.config_id in self._runs:
+                if candidate.config_id in self._runs or self._cooling_down(candidate):
                     continue
                 got = claims.claim(self.database, candidate, self.owner, self.settings.lease_seconds)
                 if got is not None:
@@ -233,7 +236,32 @@ class Worker:
                     free -= 1
             if len(candidates) < limit or free <= 0:
                 break
+        if self._scheduler is not None and self._free_slots() > 0:
+            self._sleep_until_next_due()
         return claimed
+
+    def _cooling_down(self, candidate: claims.Candidate) -> bool:
+        if candidate.status == RepoMirrorStatus.SYNC_NOW:
+            return False  # a user asked: no waiting
+        until = self._retry_not_before.get(candidate.config_id)
+        if until is None:
+            return False
+        if time.monotonic() >= until:
+            self._retry_not_before.pop(candidate.config_id, None)
+            return False
+        return True
+
+    def _sleep_until_next_due(self) -> None:
+        """Bring the next pass forward to when a schedule or a lease falls due, if before the next poll."""
+        with self.database.transaction() as session:
+            when = claims.next_due(session, utcnow())
+        if when is None:
+            return
+        delay = max(0.0, (when - utcnow()).total_seconds()) + 0.05
+        job = self._scheduler.get_job(JOB_ID) if self._scheduler is not None else None
+        next_run = getattr(job, "next_run_time", None)
+        if next_run is None or datetime.now(UTC) + timedelta(seconds=delay) < next_run:
+            self._reschedule(delay)
 
     def _free_slots(self) -> int:
         with self._lock:
@@ -252,7 +280,9 @@ class Worker:
         try:
             if self._stopping.is_set():
                 run.group.stop(STOP_SHUTDOWN)
-            SyncRun(self.settings, self.database, run.claimed, run.group).execute()
+            outcome = SyncRun(self.settings, self.database, run.claimed, run.group).execute()
+            if outcome == history.RUN_FAIL and self.settings.retry_seconds > 0:
+                self._retry_not_before[run.claimed.config_id] = time.monotonic() + self.settings.retry_seconds
         except Exception:
             log.exception("mirror run %d crashed", run.claimed.run_id)
         finally:

@@ -307,29 +307,32 @@ class SyncRun:
             if present == upstream:
                 return done(history.SKIPPED, digest=upstream)
             target = destination.copy_target(tag, slot)
-            digestfile = files.child(f"digest-{slot}")
-            # Tags sharing a manifest are copied one after the other: distribution can fail two concurrent
-            # pushes of one index into one repository ("Manifest list must be converted ...").
-            with self._digest_lock(upstream):
-                for attempt in range(1, COPY_ATTEMPTS + 1):
-                    copied = skopeo.copy(source, target.reference, src_tls_verify=mirror.verify_tls,
-                                         src_authfile=src_auth, dest_args=target.args, digestfile=digestfile,
-                                         unsigned=mirror.unsigned)
-                    if copied.ok or copied.stopped or copied.reason not in RETRYABLE or attempt == COPY_ATTEMPTS:
-                        break
-                    log.info("mirror %s: copying %s failed (%s), trying again: %s", mirror.path, tag,
-                             copied.reason, copied.message)
-            if not copied.ok:
-                return failed(copied)
             try:
-                digest = destination.commit(tag, target)
-            except (DestinationError, OSError, ValueError) as error:
-                return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=f"storing the tag failed: {error}")
-            if digest is None:
+                digestfile = files.child(f"digest-{slot}")
+                # Tags sharing a manifest are copied one after the other: distribution can fail two concurrent
+                # pushes of one index into one repository ("Manifest list must be converted ...").
+                with self._digest_lock(upstream):
+                    for attempt in range(1, COPY_ATTEMPTS + 1):
+                        copied = skopeo.copy(source, target.reference, src_tls_verify=mirror.verify_tls,
+                                             src_authfile=src_auth, dest_args=target.args, digestfile=digestfile,
+                                             unsigned=mirror.unsigned)
+                        if copied.ok or copied.stopped or copied.reason not in RETRYABLE or attempt == COPY_ATTEMPTS:
+                            break
+                        log.info("mirror %s: copying %s failed (%s), trying again: %s", mirror.path, tag,
+                                 copied.reason, copied.message)
+                if not copied.ok:
+                    return failed(copied)
                 try:
-                    digest = digestfile.read_text().strip() or upstream
-                except OSError:
-                    digest = upstream
+                    digest = destination.commit(tag, target)
+                except (DestinationError, OSError, ValueError) as error:
+                    return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=f"storing the tag failed: {error}")
+                if digest is None:
+                    try:
+                        digest = digestfile.read_text().strip() or upstream
+                    except OSError:
+                        digest = upstream
+            finally:
+                destination.cleanup(target)
             size = destination.image_size(digest)
             return done(history.COPIED, digest=digest, size=size, output=copied.stderr or None,
                         stdout=copied.stdout, stderr=copied.stderr)
