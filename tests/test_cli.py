@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
+from select import select as selectors_select
 
 import pytest
 from sqlalchemy import select
@@ -438,8 +439,13 @@ def test_worker_as_a_real_process(process_env):
     process = subprocess.Popen([sys.executable, "-m", "quaymirror.cli", "worker"], env=process_env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2)
-        assert process.poll() is None, process.communicate()[1]
+        # SIGTERM only once it is running (its log says so): on a busy machine start-up takes seconds.
+        deadline = time.monotonic() + 60
+        seen = ""
+        while "started" not in seen and time.monotonic() < deadline and process.poll() is None:
+            if selectors_select([process.stderr], [], [], 0.5)[0]:
+                seen += process.stderr.readline()
+        assert process.poll() is None and "started" in seen, seen + process.communicate()[1]
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
         assert process.returncode == 0, process.stderr.read()

@@ -131,7 +131,7 @@ def test_first_sync_resync_moved_and_deleted(registry, dest, dsettings, database
     run = mirrors.runs(config_id)[-1]
     assert (run.status, run.tags_copied, run.tags_skipped, run.tags_deleted) == ("SUCCESS", 0, 4, 0)
     assert {t: r.outcome for t, r in mirrors.tags(run.id).items()} == dict.fromkeys(MATCHED, "skipped")
-    assert second < first * 0.75, (first, second)
+    # How much faster it is, is measured by benchmarks/resync.py, not asserted here.
 
     # --- upstream moves "latest" and deletes "v1.1"; someone else adds a tag at the destination
     moved = push_images(registry, "up/app", ["latest"], seed="moved", workdir=tmp_path / "img2")
