@@ -98,13 +98,17 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     api = QuayApi(app, prefix="/api/v1")
     from quaymirror.accounts.api import register as register_accounts
     from quaymirror.mirror.api import register as register_mirror
+    from quaymirror.mirror.health import register as register_mirror_health
     from quaymirror.mirror.history_api import register as register_history
+    from quaymirror.openapi import register as register_openapi
     from quaymirror.repositories.api import register as register_repositories
 
     register_accounts(api)
     register_repositories(api)
     register_mirror(api)
+    register_mirror_health(api)
     register_history(api)
+    register_openapi(api)  # GET /api/v1/discovery: the OpenAPI document of every route above
 
     app.register_error_handler(Exception, render_error)
 
@@ -141,5 +145,20 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     @app.get("/healthz")
     def healthz():
         return errors.json_response({"status": "ok"}, 200)
+
+    @app.get("/readyz")
+    def readyz():
+        """Ready when the database answers ``SELECT 1`` within a couple of seconds."""
+        if db.ping():
+            return errors.json_response({"status": "ready"}, 200)
+        return errors.json_response({"status": "unavailable", "reason": "database unreachable"}, 503)
+
+    @app.get("/metrics")
+    def prometheus_metrics():
+        """Prometheus text exposition (the embedded worker's mirror metrics; see quaymirror.metrics)."""
+        from quaymirror import metrics
+
+        body, content_type = metrics.exposition()
+        return Response(body, 200, content_type=content_type)
 
     return app

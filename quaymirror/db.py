@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -42,7 +43,16 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    connect_args = {}
+    if url.startswith("postgresql"):
+        # An unreachable server fails in seconds instead of the OS's TCP timeout (minutes).
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=10,
+                         connect_args=connect_args)
+
+
+CONNECT_TIMEOUT = 5
+PING_TIMEOUT = 2.0
 
 
 class Database:
@@ -58,6 +68,27 @@ class Database:
         """A session whose work is committed as one unit, or rolled back entirely."""
         with self.sessionmaker() as session, session.begin():
             yield session
+
+    def ping(self, timeout: float = PING_TIMEOUT) -> bool:
+        """True when ``SELECT 1`` succeeds within ``timeout`` seconds (readiness probe).
+
+        Runs in a helper thread so a hung connect or a full pool cannot hold the caller
+        longer than ``timeout``; the thread finishes on its own (connect timeout).
+        """
+        outcome: list[bool] = []
+
+        def probe() -> None:
+            try:
+                with self.engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                outcome.append(True)
+            except Exception:  # noqa: BLE001 - any failure means "not ready"
+                outcome.append(False)
+
+        thread = threading.Thread(target=probe, name="quaymirror-db-ping", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        return bool(outcome and outcome[0])
 
     def dispose(self) -> None:
         self.engine.dispose()

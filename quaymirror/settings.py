@@ -116,6 +116,9 @@ class Settings:
     # Sync runs kept per repository in the history tables.
     history_keep: int = 50
     api_workers: int = 2
+    # ``quaymirror worker`` serves Prometheus /metrics here (0: not at all).
+    metrics_port: int = 9108
+    metrics_host: str = "127.0.0.1"
     max_content_length: int = 1024 * 1024
 
     @property
@@ -161,4 +164,6 @@ class Settings:
             ),
             history_keep=int(_number("HISTORY_KEEP", get("HISTORY_KEEP"), 50, int, 1)),
             api_workers=int(_number("API_WORKERS", get("API_WORKERS"), 2, int, 1)),
+            metrics_port=int(_number("METRICS_PORT", get("METRICS_PORT"), 9108, int, 0)),
+            metrics_host=get("METRICS_HOST") or "127.0.0.1",
         )

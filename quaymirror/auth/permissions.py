@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from typing import Any
+
+from sqlalchemy import and_, bindparam, false, select
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import scopes
@@ -83,6 +86,80 @@ def find_repository(session: Session, namespace: User, name: str) -> Repository 
     ).first()
 
 
+_NS = aliased(User, name="ns")
+NS = _NS  # the namespace alias of access_query(), for callers selecting its columns
+
+# The namespace, the repository and the caller's own org role and direct permission, in one query
+# (namespace and repository may each be missing; the unique constraints give at most one row).
+ACCESS_ENTITIES = (_NS, Repository, OrganizationMember.role, RepositoryPermission.role)
+
+
+def access_query(*extra: Any, columns: tuple = ACCESS_ENTITIES):
+    """``SELECT ns, repository, org role, permission role [, extra]`` for one ns/repo and one caller.
+
+    Bind parameters: ``ns`` (namespace name), ``repo`` (repository name), ``uid`` (caller id, -1
+    when anonymous). ``extra`` entities must be outer-joined by the caller of this function;
+    ``columns`` replaces the first four (e.g. plain columns of ``NS``, ``Repository`` and the roles).
+    """
+    return (
+        select(*columns, *extra)
+        .select_from(_NS)
+        .outerjoin(Repository, and_(Repository.namespace_id == _NS.id, Repository.name == bindparam("repo")))
+        .outerjoin(OrganizationMember, and_(OrganizationMember.organization_id == _NS.id,
+                                            OrganizationMember.user_id == bindparam("uid")))
+        .outerjoin(RepositoryPermission, and_(RepositoryPermission.repository_id == Repository.id,
+                                              RepositoryPermission.user_id == bindparam("uid")))
+        .where(_NS.username == bindparam("ns"), _NS.is_robot == false())
+        .limit(1)
+    )
+
+
+_ACCESS = access_query()
+
+
+def access_params(caller: Caller | None, namespace_name: str, repo_name: str) -> dict[str, Any]:
+    return {"ns": namespace_name, "repo": repo_name, "uid": caller.user.id if caller is not None else -1}
+
+
+def decide_repo_role(
+    caller: Caller | None,
+    namespace: User | None,
+    repository: Repository | None,
+    org_role: str | None,
+    permission_role: str | None,
+    role: str,
+    *,
+    superuser_full_access: bool,
+    public_read: bool,
+) -> None:
+    """The rules of :func:`require_repo_role` on already loaded rows (raise 401/403, else pass).
+
+    ``org_role`` is the caller's membership role in ``namespace``, ``permission_role`` the caller's
+    direct permission on ``repository`` (None when absent).
+    """
+    if role == "read" and public_read and repository is not None and repository.visibility == "public":
+        return
+    if caller is None:
+        raise AuthenticationRequired()
+    if superuser_passes(caller, superuser_full_access):
+        return
+    if namespace is None:
+        raise Forbidden()
+    user = caller.user
+    if not user.is_robot and (
+        (user.id == namespace.id and not namespace.is_organization)
+        or (namespace.is_organization and org_role == "admin")
+    ):
+        uncapped = "admin"  # is_namespace_admin
+    elif repository is None:
+        uncapped = None
+    else:
+        uncapped = permission_role
+    granted = _cap(uncapped, caller)
+    if granted is None or ROLE_RANK[granted] < ROLE_RANK[role]:
+        raise Forbidden()
+
+
 def require_repo_role(
     session: Session,
     caller: Caller | None,
@@ -99,24 +176,12 @@ def require_repo_role(
     is indistinguishable from a forbidden one (403); a missing repository in a
     namespace the caller administers passes, so the handler answers 404.
     """
-    namespace = namespace_by_name(session, namespace_name)
-    repository = find_repository(session, namespace, repo_name) if namespace else None
-    if (
-        role == "read"
-        and public_read
-        and repository is not None
-        and repository.visibility == "public"
-    ):
-        return namespace, repository
-    if caller is None:
-        raise AuthenticationRequired()
-    if superuser_passes(caller, superuser_full_access):
-        return namespace, repository
-    if namespace is None:
-        raise Forbidden()
-    granted = repository_role(session, caller, namespace, repository)
-    if granted is None or ROLE_RANK[granted] < ROLE_RANK[role]:
-        raise Forbidden()
+    row = session.execute(_ACCESS, access_params(caller, namespace_name, repo_name)).first()
+    namespace, repository, org_role, permission_role = row if row is not None else (None, None, None, None)
+    if repository is not None:
+        set_committed_value(repository, "namespace", namespace)
+    decide_repo_role(caller, namespace, repository, org_role, permission_role, role,
+                     superuser_full_access=superuser_full_access, public_read=public_read)
     return namespace, repository
 
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from flask import current_app
 from flask_restful import Api, Resource
+from sqlalchemy.orm import aliased
 
 from quaymirror import web
-from quaymirror.auth.permissions import require_repo_role
+from quaymirror.accounts.models import OrganizationMember, User
+from quaymirror.auth.permissions import NS, access_params, access_query, decide_repo_role, require_repo_role
+from quaymirror.errors import NotFound
 from quaymirror.mirror import service
+from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
 from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig, ViewMirrorConfig
 from quaymirror.repositories import service as repositories
-from quaymirror.repositories.models import Repository
+from quaymirror.repositories.models import Repository, RepositoryPermission
 from quaymirror.security.secrets import SecretBox
 
 
@@ -31,14 +35,81 @@ def _authorize(namespace: str, repository: str) -> Repository | None:
     return repo
 
 
+_VIEW_SCHEMA = ViewMirrorConfig()  # stateless on dump, safe to share between threads
+_ROBOT = aliased(User, name="robot")
+_CONFIG_COLUMNS = (
+    "is_enabled", "mirror_type", "external_reference", "external_registry_username",
+    "external_registry_config_json", "architecture_filter_json", "sync_interval", "sync_start_date",
+    "sync_expiration_date", "sync_retries_remaining", "sync_status", "skopeo_timeout",
+)
+# GET's whole read in one statement and as plain rows (no ORM identity work): the namespace, the
+# repository, the caller's roles, the configuration, its rule and its robot.
+_VIEW = (
+    access_query(
+        RepoMirrorConfig.id.label("config_id"),
+        *(getattr(RepoMirrorConfig, name) for name in _CONFIG_COLUMNS),
+        RepoMirrorRule.rule_value_json.label("rule_value_json"),
+        _ROBOT.username.label("robot_username"),
+        columns=(
+            NS.id.label("ns_id"), NS.username.label("ns_username"), NS.is_organization.label("ns_is_org"),
+            Repository.id.label("repo_id"), Repository.name.label("repo_name"),
+            Repository.visibility.label("repo_visibility"), Repository.state.label("repo_state"),
+            OrganizationMember.role.label("org_role"), RepositoryPermission.role.label("permission_role"),
+        ),
+    )
+    .outerjoin(RepoMirrorConfig, RepoMirrorConfig.repository_id == Repository.id)
+    .outerjoin(RepoMirrorRule, RepoMirrorRule.id == RepoMirrorConfig.root_rule_id)
+    .outerjoin(_ROBOT, _ROBOT.id == RepoMirrorConfig.internal_robot_id)
+)
+
+
+class _Row:
+    """Attribute access over plain values, for the read-only objects of ``_view``."""
+
+    def __init__(self, **values) -> None:
+        self.__dict__.update(values)
+
+
+class _ConfigRow(_Row):
+    # The model's own JSON decoding, so the answer is the same as from an ORM instance.
+    external_registry_config = RepoMirrorConfig.external_registry_config
+    architecture_filter = RepoMirrorConfig.architecture_filter
+    rule_value = RepoMirrorRule.rule_value
+
+
+class _RepositoryRow(_Row):
+    full_name = Repository.full_name
+
+
+def _view(namespace: str, repository: str) -> dict:
+    """GET /mirror with one query: the same checks and answers as ``_authorize`` + ``service.describe``."""
+    session = web.session()
+    caller = web.caller(required=False)
+    row = session.execute(_VIEW, access_params(caller, namespace, repository)).first()
+    ns = repo = None
+    if row is not None:
+        ns = _Row(id=row.ns_id, username=row.ns_username, is_organization=row.ns_is_org)
+        if row.repo_id is not None:
+            repo = _RepositoryRow(id=row.repo_id, name=row.repo_name, visibility=row.repo_visibility,
+                                  state=row.repo_state, namespace=ns)
+    decide_repo_role(caller, ns, repo, row.org_role if row else None, row.permission_role if row else None,
+                     "admin", superuser_full_access=web.settings().superusers_full_access, public_read=False)
+    repo = repositories.require(repo)
+    if row.config_id is None:
+        raise NotFound()
+    config = _ConfigRow(**{name: getattr(row, name) for name in _CONFIG_COLUMNS})
+    config.root_rule = _ConfigRow(rule_value_json=row.rule_value_json)
+    config.internal_robot = _Row(username=row.robot_username) if row.robot_username is not None else None
+    return service.describe_config(config, repo, _box())
+
+
 def _actor() -> service.Actor:
     return service.Actor(web.caller().user, web.client_ip())
 
 
 class RepositoryMirror(Resource):
     def get(self, namespace: str, repository: str):
-        repo = repositories.require(_authorize(namespace, repository))
-        return ViewMirrorConfig().dump(service.describe(web.session(), repo, _box()))
+        return _VIEW_SCHEMA.dump(_view(namespace, repository))
 
     def post(self, namespace: str, repository: str):
         repo = _authorize(namespace, repository)

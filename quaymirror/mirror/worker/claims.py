@@ -41,8 +41,11 @@ def due_query(now: datetime, limit: int):
     due_time = func.coalesce(C.sync_start_date, C.sync_expiration_date, C.creation_date)
     return (
         select(C.id, C.sync_transaction_id, C.sync_status)
-        .join(Repository, Repository.id == C.repository_id)
-        .where(Repository.state == int(RepositoryState.MIRROR), status.eligible_clause(now))
+        # A correlated look-up per eligible config (primary key), not a join: a join lets the planner scan
+        # every repository (100k rows: ~100 ms), while only the few due configs need their repository's state.
+        .where(status.eligible_clause(now),
+               select(Repository.state).where(Repository.id == C.repository_id).scalar_subquery()
+               == int(RepositoryState.MIRROR))
         .order_by(case((C.sync_status == int(RepoMirrorStatus.SYNC_NOW), 0), else_=1), due_time, C.id)
         .limit(limit)
     )

@@ -10,7 +10,13 @@ Authentication: HTTP basic, or the bearer-token flow (``WWW-Authenticate:
 Bearer realm=...``) with the basic credentials. TLS: verified, or with
 verification off tried first over https and then over plain http, as skopeo's
 ``--tls-verify=false`` does. Environment proxies are never used: the
-destination is ours, not the upstream's.
+destination is ours, not the upstream's (the sync run uses skopeo for an
+upstream behind a proxy).
+
+Connections are kept alive and reused: one per thread and host (a sync run's
+tag threads each hold one), re-opened once when the server closed an idle one.
+``RateLimit-Remaining`` (Docker Hub) is remembered in :attr:`rate_limit_remaining`;
+a 429 raises :class:`RateLimited`.
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ MANIFEST_ACCEPT = (
 TIMEOUT = 30.0
 MAX_BODY = 16 * 1024 * 1024
 
+# The scheme found for hosts with TLS verification off (https, or plain http after a failed TLS probe).
+_SCHEMES: dict[str, str] = {}
+
 _CHALLENGE_RE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -40,6 +49,10 @@ class RegistryError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class RateLimited(RegistryError):
+    """The registry refused the request for its pull rate limit (429), or said none are left."""
 
 
 @dataclass
@@ -61,6 +74,18 @@ class RegistryClient:
         self._scheme: str | None = "https" if tls_verify else None
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()
+        self._local = threading.local()
+        self._open: list[http.client.HTTPConnection] = []
+        self.rate_limit_remaining: int | None = None
+        self.requests = 0  # requests sent (for tests and benchmarks)
+
+    def close(self) -> None:
+        """Close every kept-alive connection (of every thread)."""
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            conn.close()
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.host!r})"
@@ -77,35 +102,117 @@ class RegistryClient:
                                                context=context)
         return http.client.HTTPConnection(host, int(port) if port else None, timeout=self.timeout)
 
+    def _pooled(self, key: tuple[str, str, int | None], make) -> http.client.HTTPConnection:
+        conns = getattr(self._local, "conns", None)
+        if conns is None:
+            conns = self._local.conns = {}
+        conn = conns.get(key)
+        if conn is None:
+            conn = conns[key] = make()
+            with self._lock:
+                self._open.append(conn)
+        return conn
+
+    def _drop(self, key: tuple[str, str, int | None]) -> None:
+        conn = getattr(self._local, "conns", {}).pop(key, None)
+        if conn is not None:
+            conn.close()
+            with self._lock:
+                if conn in self._open:
+                    self._open.remove(conn)
+
     def _send(self, scheme: str, method: str, url: str, headers: dict[str, str]) -> Response:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme:  # an absolute URL: a token realm
-            conn = _absolute_connection(parsed, self)
+            key = (parsed.scheme, parsed.hostname or "", parsed.port)
+
+            def make() -> http.client.HTTPConnection:
+                return _absolute_connection(parsed, self)
+
             path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
         else:
-            conn = self._connection(scheme)
+            key = (scheme, self.host, None)
+
+            def make() -> http.client.HTTPConnection:
+                return self._connection(scheme)
+
             path = url
+        for attempt in (1, 2):
+            conn = self._pooled(key, make)
+            reused = conn.sock is not None
+            try:
+                conn.request(method, path, headers=headers)
+                resp = conn.getresponse()
+                if method == "HEAD":
+                    body = b""
+                    resp.read()
+                else:
+                    body = resp.read(MAX_BODY)
+                    if not resp.isclosed():  # larger than MAX_BODY: the connection cannot be reused
+                        self._drop(key)
+                if resp.will_close:
+                    self._drop(key)
+                self.requests += 1
+                self._note_rate_limit(resp.headers)
+                return Response(resp.status, resp.headers, body)
+            except TimeoutError:
+                self._drop(key)
+                raise
+            except (http.client.HTTPException, OSError):
+                # A kept-alive connection the server (or the network) closed meanwhile: once more on a new one.
+                self._drop(key)
+                if not reused or attempt == 2:  # a fresh connection failed: a real error
+                    raise
+            except BaseException:
+                self._drop(key)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _note_rate_limit(self, headers: http.client.HTTPMessage) -> None:
+        value = headers.get("RateLimit-Remaining")
+        if value is None:
+            return
         try:
-            conn.request(method, path, headers=headers)
-            resp = conn.getresponse()
-            body = resp.read(MAX_BODY) if method != "HEAD" else b""
-            return Response(resp.status, resp.headers, body)
-        finally:
-            conn.close()
+            self.rate_limit_remaining = int(value.split(";")[0].strip())
+        except ValueError:
+            return
 
     def _request(self, method: str, path: str, headers: dict[str, str] | None = None,
                  scope: str | None = None) -> Response:
+        if self._scheme is None:
+            # Only one thread probes https-then-http; the answer is remembered for the process
+            # (a TLS probe against a plain-HTTP port costs about 0.5 s).
+            with self._probe_lock:
+                if self._scheme is None:
+                    cached = _SCHEMES.get(self.host)
+                    if cached is not None:
+                        try:
+                            resp = self._probe(method, path, headers, scope, cached)
+                        except (OSError, http.client.HTTPException, RegistryError):
+                            resp = None
+                        if resp is not None and resp.status != 400:
+                            self._scheme = cached
+                            return resp
+                        _SCHEMES.pop(self.host, None)  # the registry changed: probe again
+                    resp = self._probe(method, path, headers, scope, None)
+                    return resp
+        return self._probe(method, path, headers, scope, self._scheme)
+
+    def _probe(self, method: str, path: str, headers: dict[str, str] | None, scope: str | None,
+               known: str | None) -> Response:
         headers = dict(headers or {})
-        scheme = self._scheme or "https"
+        scheme = known or "https"
         try:
             resp = self._authorized(scheme, method, path, headers, scope)
         except (ssl.SSLError, ConnectionResetError, http.client.BadStatusLine) as error:
-            if self.tls_verify or self._scheme == "https":
+            if self.tls_verify or known == "https":
                 raise RegistryError(f"TLS error talking to {self.host}: {error}") from None
             scheme = "http"
             resp = self._authorized(scheme, method, path, headers, scope)
         if self._scheme is None:
             self._scheme = scheme
+            if not self.tls_verify:
+                _SCHEMES[self.host] = scheme
         return resp
 
     def _authorized(self, scheme: str, method: str, path: str, headers: dict[str, str],
@@ -114,6 +221,10 @@ class RegistryClient:
         if auth:
             headers["Authorization"] = auth
         resp = self._send(scheme, method, path, headers)
+        if resp.status == 429:
+            retry = resp.headers.get("Retry-After")
+            raise RateLimited(f"{self.host} refused {method} for its rate limit (HTTP 429"
+                              + (f", Retry-After {retry}s" if retry else "") + ")", 429)
         if resp.status != 401:
             return resp
         challenge = resp.headers.get("WWW-Authenticate", "")
@@ -171,15 +282,16 @@ class RegistryClient:
             raise RegistryError(f"GET manifest {repository}:{reference} answered HTTP {resp.status}", resp.status)
         return resp.body
 
-    def tags(self, repository: str) -> list[str]:
-        """Every tag of ``repository`` (following ``Link`` pagination); [] when it does not exist."""
+    def tags(self, repository: str, *, missing_ok: bool = True) -> list[str]:
+        """Every tag of ``repository`` (following ``Link`` pagination); [] when it does not exist (or a 404
+        RegistryError when not ``missing_ok``)."""
         path: str | None = f"/v2/{_quote(repository)}/tags/list?n=1000"
         found: list[str] = []
         for _ in range(10_000):
             if path is None:
                 break
             resp = self._request("GET", path, scope=f"repository:{repository}:pull")
-            if resp.status == 404:
+            if resp.status == 404 and missing_ok:
                 return found
             if resp.status != 200:
                 raise RegistryError(f"GET tags of {repository} answered HTTP {resp.status}", resp.status)

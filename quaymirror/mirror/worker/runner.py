@@ -33,6 +33,7 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
+from quaymirror import metrics
 from quaymirror.db import Database, utcnow
 from quaymirror.mirror import events, history, status
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
@@ -82,6 +83,7 @@ class Worker:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._runs: dict[int, ActiveRun] = {}
+        self._claiming = 0
         self._executor = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="mirror")
         self._stopping = threading.Event()
         self._wake_pending = False
@@ -93,6 +95,7 @@ class Worker:
         self._listener: events.PgListener | None = None
         self._keeper: threading.Thread | None = None
         self.passes = 0
+        self._woken: dict[int, float] = {}  # config id -> when its sync-now wake-up arrived (pick-up metric)
 
     # --------------------------------------------------------- lifecycle
     def start(self, *, poll: bool = True) -> Worker:
@@ -122,6 +125,7 @@ class Worker:
         log.info("mirror worker %s started: poll every %ss, %d mirrors x %d tags at once, lease %ss, storage %s",
                  self.owner, self.settings.worker_poll_seconds, self.settings.worker_concurrency,
                  self.settings.tag_concurrency, self.settings.lease_seconds, self.settings.storage)
+        metrics.WORKERS_ACTIVE.set(1)
         return self
 
     def shutdown(self, timeout: float = SHUTDOWN_TIMEOUT) -> None:
@@ -129,6 +133,7 @@ class Worker:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        metrics.WORKERS_ACTIVE.set(0)
         if self._subscribe:
             events.unsubscribe(self._notified)
         if self._scheduler is not None:
@@ -154,7 +159,7 @@ class Worker:
         """Wait until no mirror runs in this worker (for tests and shutdown)."""
         deadline = time.monotonic() + timeout
         with self._idle:
-            while self._runs:
+            while self._runs or self._claiming:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -167,7 +172,11 @@ class Worker:
             return list(self._runs)
 
     # ----------------------------------------------------------- wake-ups
-    def _notified(self, _config_id: int | None) -> None:
+    def _notified(self, config_id: int | None) -> None:
+        if config_id is not None:
+            with self._lock:
+                if len(self._woken) < 10_000:
+                    self._woken.setdefault(config_id, time.monotonic())
         self.wake()
 
     def wake(self) -> None:
@@ -217,6 +226,7 @@ class Worker:
         """Claim due mirrors for the free slots and start them; return how many were claimed."""
         self.passes += 1
         claimed = 0
+        left = 0  # due mirrors seen and not claimed (Quay's quay_repository_rows_unmirrored)
         for _ in range(5):
             free = self._free_slots()
             if free <= 0 or self._stopping.is_set():
@@ -224,18 +234,28 @@ class Worker:
             limit = min(max(free * 4, 8), MAX_BATCH)
             with self.database.transaction() as session:
                 candidates = claims.due(session, utcnow(), limit)
+            before = claimed
             for candidate in candidates:
                 if free <= 0 or self._stopping.is_set():
                     break
                 if candidate.config_id in self._runs or self._cooling_down(candidate):
                     continue
-                got = claims.claim(self.database, candidate, self.owner, self.settings.lease_seconds)
-                if got is not None:
-                    self._launch(got)
-                    claimed += 1
-                    free -= 1
+                with self._lock:
+                    self._claiming += 1  # wait_idle also waits for a claim not launched yet
+                try:
+                    got = claims.claim(self.database, candidate, self.owner, self.settings.lease_seconds)
+                    if got is not None:
+                        self._launch(got)
+                        claimed += 1
+                        free -= 1
+                finally:
+                    with self._idle:
+                        self._claiming -= 1
+                        self._idle.notify_all()
+            left = len(candidates) - (claimed - before)
             if len(candidates) < limit or free <= 0:
                 break
+        metrics.ROWS_UNMIRRORED.set(left)
         if self._scheduler is not None and self._free_slots() > 0:
             self._sleep_until_next_due()
         return claimed
@@ -271,6 +291,9 @@ class Worker:
         run = ActiveRun(claimed, ProcessGroup(), claimed.lease)
         with self._lock:
             self._runs[claimed.config_id] = run
+            woken = self._woken.pop(claimed.config_id, None)
+        if woken is not None:
+            metrics.PICKUP.observe(time.monotonic() - woken)
         try:
             self._executor.submit(self._execute, run)
         except RuntimeError:  # the executor was shut down between the claim and now
@@ -367,6 +390,7 @@ def run_forever(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics.serve(settings.metrics_port, settings.metrics_host)
     worker = Worker(settings).start()
     try:
         while not stop.wait(0.5):

@@ -5,9 +5,14 @@ Steps (Quay §4.2, with §7's bugs fixed):
 1. load the configuration and decrypt the upstream credentials;
 2. re-check the reference against the SSRF rules (with DNS): a refusal is a
    FAIL ``invalid_source`` and skopeo never runs;
-3. ``skopeo list-tags``; filter with the glob rule;
+3. list the upstream tags (``GET /v2/<repo>/tags/list`` on the kept-alive
+   connection; ``skopeo list-tags`` when that fails, for its error); filter with
+   the glob rule;
 4. per matching tag (up to ``QUAYMIRROR_TAG_CONCURRENCY`` at once): the
-   upstream digest (``skopeo inspect --raw``, sha256 of the bytes); skip when
+   upstream digest from a manifest ``HEAD`` (``Docker-Content-Digest``, kept-alive
+   connections, the registry's token auth with the mirror's credentials); only
+   when that gives no digest (or a proxy is configured), ``skopeo inspect
+   --raw`` and the sha256 of the bytes. Skip when
    the destination holds that digest under that tag, else ``skopeo copy --all
    --preserve-digests``;
 5. unless the run was stopped: delete the destination tags this mirror created
@@ -27,11 +32,11 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from quaymirror import audit
+from quaymirror import audit, metrics
 from quaymirror.db import Database
 from quaymirror.mirror import events, history, status
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
@@ -44,6 +49,7 @@ from quaymirror.mirror.worker.destination import (
     open_repository,
     sha256,
 )
+from quaymirror.mirror.worker.registry_client import RateLimited, RegistryClient, RegistryError
 from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles, Skopeo, Stopped, proxy_env
 from quaymirror.mirror.worker.tags import filter_tags
 from quaymirror.security import ssrf
@@ -62,6 +68,8 @@ AUDIT_OUTPUT = 4000
 # once: distribution answers 500 now and then under concurrent pushes of shared layers.
 COPY_ATTEMPTS = 2
 RETRYABLE = frozenset({reasons.UNKNOWN_ERROR, reasons.CONNECTION_ERROR})
+# Skipped tags' results are written at least this often (seconds) while a run goes on.
+RECORD_EVERY = 0.5
 
 
 @dataclass
@@ -152,6 +160,26 @@ def load_mirror(database: Database, settings: Settings, config_id: int) -> Mirro
         )
 
 
+# Bound (seconds) on each HTTP request to the upstream: a hung registry falls back to skopeo soon (skopeo
+# processes are killed at cancel and shutdown; a blocked HTTP read is not).
+HTTP_TIMEOUT = 5.0
+DOCKER_HUB = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
+
+
+def upstream_client(mirror: Mirror) -> tuple[RegistryClient | None, str]:
+    """A HEAD client for the upstream repository, or None when skopeo must do the look-ups (a proxy is set)."""
+    if any(mirror.proxy.get(key) for key in ("http_proxy", "https_proxy")):
+        return None, ""
+    host, _, repository = mirror.reference.partition("/")
+    if host in DOCKER_HUB:
+        host = DOCKER_HUB[host]
+        if "/" not in repository:
+            repository = f"library/{repository}"
+    client = RegistryClient(host, username=mirror.username, password=mirror.password, tls_verify=mirror.verify_tls,
+                            timeout=min(mirror.timeout, HTTP_TIMEOUT))
+    return client, repository
+
+
 class SyncRun:
     """Runs one claimed mirror to its end; :meth:`execute` raises only when the database fails at the end."""
 
@@ -165,6 +193,8 @@ class SyncRun:
         self.started_wall = time.time()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        self.upstream: RegistryClient | None = None
+        self.upstream_repository = ""
 
     # ------------------------------------------------------------ driver
     def execute(self) -> str:
@@ -175,6 +205,7 @@ class SyncRun:
             if self.group.is_stopped:  # shut down between the claim and now
                 return self._finish_stopped([])
             log.info("mirror %s: sync started (%s, run %d)", mirror.path, self.claimed.trigger, self.claimed.run_id)
+            metrics.run_started(mirror.namespace, mirror.name, self.started_wall)
             self._check_source(mirror)
             self._audit("repo_mirror_sync_started", verb="start", message=mirror.pattern_message)
             if not mirror.credentials_ok:
@@ -198,6 +229,8 @@ class SyncRun:
         finally:
             if files is not None:
                 files.remove()
+            if self.upstream is not None:
+                self.upstream.close()
 
     def _check_source(self, mirror: Mirror) -> None:
         try:
@@ -221,21 +254,25 @@ class SyncRun:
         src_auth = files.authfile("src-auth.json", {host: (mirror.username, mirror.password)}
                                   if mirror.username else {})
 
-        listing = skopeo.list_tags(mirror.reference, tls_verify=mirror.verify_tls, authfile=src_auth)
-        if listing.stopped:
-            raise Stopped(listing.stopped)
-        if not listing.ok:
-            raise RunFailed(listing.reason or reasons.UNKNOWN_ERROR, f"skopeo list-tags failed: {listing.message}",
-                            listing.stdout, listing.stderr)
-        try:
-            upstream = json.loads(listing.raw_stdout).get("Tags") or []
-        except (ValueError, AttributeError):
-            raise RunFailed(reasons.UNKNOWN_ERROR, "skopeo list-tags printed no tag list") from None
+        self.upstream, self.upstream_repository = upstream_client(mirror)
+        upstream = self._list_tags_http(mirror)
+        if upstream is None:  # skopeo tells why (its messages classify the failure), or lists when HTTP could not
+            listing = skopeo.list_tags(mirror.reference, tls_verify=mirror.verify_tls, authfile=src_auth)
+            if listing.stopped:
+                raise Stopped(listing.stopped)
+            if not listing.ok:
+                raise RunFailed(listing.reason or reasons.UNKNOWN_ERROR,
+                                f"skopeo list-tags failed: {listing.message}", listing.stdout, listing.stderr)
+            try:
+                upstream = json.loads(listing.raw_stdout).get("Tags") or []
+            except (ValueError, AttributeError):
+                raise RunFailed(reasons.UNKNOWN_ERROR, "skopeo list-tags printed no tag list") from None
         matched = filter_tags(upstream, mirror.rules)
         with self.database.transaction() as session:
             history.set_matched(session, self.claimed.run_id, len(matched))
             owned = history.owned_tags(session, mirror.config_id)
         log.info("mirror %s: %d upstream tags, %d match %s", mirror.path, len(upstream), len(matched), mirror.rules)
+        metrics.PENDING_TAGS.labels(mirror.namespace, mirror.name).set(len(matched))
 
         results = self._copy_all(mirror, matched, owned, skopeo, destination, src_auth, files)
         if self.group.is_stopped:
@@ -270,12 +307,22 @@ class SyncRun:
                 pool.submit(self._sync_tag, mirror, tag, str(i), skopeo, destination, src_auth, files): tag
                 for i, tag in enumerate(matched)
             }
-            for future in as_completed(futures):
-                result = future.result()
-                if result is None:
-                    continue
-                self._record(mirror, result, owned)
-                results.append(result)
+            pending: list[TagResult] = []
+            flushed = time.monotonic()
+            waiting = set(futures)
+            while waiting:
+                finished, waiting = wait(waiting, timeout=RECORD_EVERY, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    result = future.result()
+                    if result is not None:
+                        results.append(result)
+                        pending.append(result)
+                # Skipped tags are written in batches (one transaction, not one per tag); a copy, a failure,
+                # the end or RECORD_EVERY seconds writes what is pending, so a run in progress shows its progress.
+                urgent = any(r.outcome != history.SKIPPED for r in pending)
+                if pending and (urgent or not waiting or time.monotonic() - flushed >= RECORD_EVERY):
+                    self._record(mirror, pending, owned)
+                    pending, flushed = [], time.monotonic()
         order = {tag: i for i, tag in enumerate(matched)}
         return sorted(results, key=lambda r: order.get(r.tag, 0))
 
@@ -296,16 +343,28 @@ class SyncRun:
 
         source = f"docker://{mirror.reference}:{tag}"
         try:
-            inspected = skopeo.inspect_raw(source, tls_verify=mirror.verify_tls, authfile=src_auth)
-            if not inspected.ok:
-                return failed(inspected)
-            upstream = sha256(inspected.raw_stdout)
+            try:
+                upstream = self._head_digest(mirror, tag)
+            except RateLimited as error:
+                return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error))
+            except TimeoutError:
+                return done(history.FAILED, reason=reasons.TIMEOUT,
+                            message=f"HEAD of {tag} did not finish within {mirror.timeout:.1f}s (timeout)")
+            if upstream is None:
+                inspected = skopeo.inspect_raw(source, tls_verify=mirror.verify_tls, authfile=src_auth)
+                if not inspected.ok:
+                    return failed(inspected)
+                upstream = sha256(inspected.raw_stdout)
             try:
                 present = destination.digest(tag)
             except DestinationError as error:
                 return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=upstream)
             if present == upstream:
                 return done(history.SKIPPED, digest=upstream)
+            if self.upstream is not None and self.upstream.rate_limit_remaining == 0:
+                return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
+                            message=f"the upstream registry's pull rate limit is exhausted (RateLimit-Remaining: 0); "
+                                    f"{tag} was not copied")
             target = destination.copy_target(tag, slot)
             try:
                 digestfile = files.child(f"digest-{slot}")
@@ -339,32 +398,78 @@ class SyncRun:
         except Stopped:
             return None
 
+    def _list_tags_http(self, mirror: Mirror) -> list[str] | None:
+        """The upstream tags from ``GET /v2/<repo>/tags/list``; None when skopeo must list (or explain)."""
+        if self.upstream is None:
+            return None
+        try:
+            tags = self.upstream.tags(self.upstream_repository, missing_ok=False)
+        except TimeoutError:
+            if mirror.timeout > HTTP_TIMEOUT:  # skopeo has the rest of the budget (and can be killed)
+                log.info("mirror %s: GET tags/list timed out; asking skopeo", mirror.path)
+                return None
+            raise RunFailed(reasons.TIMEOUT, f"list-tags did not finish within {mirror.timeout:.1f}s "
+                            f"(GET tags/list of {mirror.reference} timed out)", "Not applicable",
+                            "Not applicable") from None
+        except (OSError, RegistryError, ValueError, AttributeError) as error:
+            log.info("mirror %s: the tag list over HTTP failed (%s); asking skopeo", mirror.path, error)
+            return None
+        return [t for t in tags if isinstance(t, str)]
+
+    def _head_digest(self, mirror: Mirror, tag: str) -> str | None:
+        """The upstream digest from a manifest HEAD; None when skopeo must tell (no client, no digest, an error)."""
+        if self.upstream is None:
+            return None
+        try:
+            return self.upstream.manifest_digest(self.upstream_repository, tag)
+        except RateLimited:
+            raise
+        except TimeoutError:
+            if mirror.timeout <= HTTP_TIMEOUT:  # the whole budget is spent
+                raise
+            log.info("mirror %s: HEAD of %s timed out; asking skopeo", mirror.path, tag)
+            return None
+        except (OSError, RegistryError, ValueError) as error:
+            log.info("mirror %s: HEAD of %s gave no digest (%s); asking skopeo", mirror.path, tag, error)
+            return None
+
     def _digest_lock(self, digest: str) -> threading.Lock:
         with self._locks_lock:
             return self._locks.setdefault(digest, threading.Lock())
 
-    def _record(self, mirror: Mirror, result: TagResult, owned: dict[str, str]) -> None:
-        """Write one tag's result, its ownership and its audit entry (Quay's per-tag kinds)."""
-        counts = result.outcome in (history.COPIED, history.SKIPPED, history.FAILED)
+    def _record(self, mirror: Mirror, results: list[TagResult], owned: dict[str, str]) -> None:
+        """Write tags' results, their ownership and their audit entries (Quay's per-tag kinds), in one transaction."""
         with self.database.transaction() as session:
-            history.record_tag(session, self.claimed.run_id, result.tag, result.outcome, digest=result.digest,
-                               reason=result.reason, output=result.output or result.message, size=result.size,
-                               duration_ms=result.duration_ms, counts_as_done=counts)
-            if result.outcome == history.COPIED and result.digest:
-                log.info("mirror %s: copied %s (%s) in %.2fs", mirror.path, result.tag, result.digest,
-                         (result.duration_ms or 0) / 1000)
-                history.own(session, mirror.config_id, result.tag, result.digest)
-                self._audit_in(session, "repo_mirror_sync_tag_success", verb="finish", tag=result.tag,
-                               message=f"Source 'docker://{mirror.reference}:{result.tag}' successful sync",
-                               stdout=result.stdout, stderr=result.stderr)
-            elif result.outcome == history.SKIPPED and result.tag in owned and result.digest:
-                history.own(session, mirror.config_id, result.tag, result.digest)
-            elif result.outcome == history.FAILED:
-                self._audit_in(session, "repo_mirror_sync_tag_failed", verb="finish", tag=result.tag,
-                               message=f"Source 'docker://{mirror.reference}:{result.tag}' failed to sync",
-                               stdout=result.stdout, stderr=result.stderr or result.message, reason=result.reason)
-        if result.outcome == history.FAILED:
-            log.warning("mirror %s: tag %s failed (%s): %s", mirror.path, result.tag, result.reason, result.message)
+            for result in results:
+                self._record_in(session, mirror, result, owned)
+        for result in results:
+            if result.outcome == history.FAILED:
+                log.warning("mirror %s: tag %s failed (%s): %s", mirror.path, result.tag, result.reason,
+                            result.message)
+
+    def _record_in(self, session, mirror: Mirror, result: TagResult, owned: dict[str, str]) -> None:
+        metrics.TAGS.labels(mirror.namespace, result.outcome).inc()
+        if result.outcome in (history.COPIED, history.SKIPPED, history.FAILED):
+            metrics.PENDING_TAGS.labels(mirror.namespace, mirror.name).dec()
+        if result.outcome == history.COPIED and result.size:
+            metrics.BYTES_COPIED.labels(mirror.namespace).inc(result.size)
+        counts = result.outcome in (history.COPIED, history.SKIPPED, history.FAILED)
+        history.record_tag(session, self.claimed.run_id, result.tag, result.outcome, digest=result.digest,
+                           reason=result.reason, output=result.output or result.message, size=result.size,
+                           duration_ms=result.duration_ms, counts_as_done=counts)
+        if result.outcome == history.COPIED and result.digest:
+            log.info("mirror %s: copied %s (%s) in %.2fs", mirror.path, result.tag, result.digest,
+                     (result.duration_ms or 0) / 1000)
+            history.own(session, mirror.config_id, result.tag, result.digest)
+            self._audit_in(session, "repo_mirror_sync_tag_success", verb="finish", tag=result.tag,
+                           message=f"Source 'docker://{mirror.reference}:{result.tag}' successful sync",
+                           stdout=result.stdout, stderr=result.stderr)
+        elif result.outcome == history.SKIPPED and result.tag in owned and result.digest:
+            history.own(session, mirror.config_id, result.tag, result.digest)
+        elif result.outcome == history.FAILED:
+            self._audit_in(session, "repo_mirror_sync_tag_failed", verb="finish", tag=result.tag,
+                           message=f"Source 'docker://{mirror.reference}:{result.tag}' failed to sync",
+                           stdout=result.stdout, stderr=result.stderr or result.message, reason=result.reason)
 
     def _prune(self, mirror: Mirror, matched: list[str], destination: Repository) -> list[TagResult]:
         """Delete the tags this mirror created that upstream no longer has (or the rule no longer matches)."""
@@ -394,6 +499,7 @@ class SyncRun:
                     history.disown(session, mirror.config_id, tag)
             if outcome == history.DELETED:
                 log.info("mirror %s: deleted tag %s (gone upstream)", mirror.path, tag)
+            metrics.TAGS.labels(mirror.namespace, outcome).inc()
             results.append(result)
         return results
 
@@ -417,6 +523,9 @@ class SyncRun:
                                   stdout, stderr)
             history.trim(session, self.claimed.repository_id, self.settings.history_keep)
         self._log_end(run_status, reason, message, results)
+        if mirror is not None:
+            metrics.run_finished(mirror.namespace, mirror.name, run_status, reason, time.monotonic() - self.started,
+                                 any(r.outcome == history.FAILED for r in results))
         return run_status
 
     def _finish_stopped(self, results: list[TagResult]) -> str:
@@ -435,6 +544,9 @@ class SyncRun:
                 message = "the lease was lost (expired and reclaimed by another worker); the run stopped"
             history.finish_run(session, self.claimed.run_id, history.RUN_INTERRUPTED, reason=why, message=message)
         self._log_end(history.RUN_INTERRUPTED, why, message, results)
+        if self.mirror is not None:
+            metrics.run_finished(self.mirror.namespace, self.mirror.name, history.RUN_INTERRUPTED, why,
+                                 time.monotonic() - self.started, False)
         return history.RUN_INTERRUPTED
 
     def _final_audit(self, session, mirror: Mirror, written: RepoMirrorStatus, reason: str | None,

@@ -1,0 +1,106 @@
+"""Prometheus metrics of the mirror worker: Quay's names and labels (behaviour notes §4.8), plus ours.
+
+Quay's (same names, types and labels):
+
+* ``quay_repository_rows_unmirrored`` (gauge): due mirrors left unclaimed after a worker pass;
+* ``quay_repository_mirror_pending_tags{namespace,repository}`` (gauge): tags left to check in the run;
+* ``quay_repository_mirror_last_sync_status{namespace,repository,last_error_reason}`` (gauge): 2 running,
+  1 success, 0 fail/cancel (on failure both the ``""`` and the ``<reason>`` series are 0);
+* ``quay_repository_mirror_sync_complete{namespace,repository}`` (gauge): 1 after a SUCCESS with no failed tag;
+* ``quay_repository_mirror_sync_failures_total{namespace,reason}`` (counter);
+* ``quay_repository_mirror_last_sync_timestamp{namespace,repository}`` (gauge): Unix time the run started;
+* ``quay_repository_mirror_sync_duration_seconds{namespace}`` (histogram; Quay's buckets plus shorter ones);
+* ``quay_repository_mirror_workers_active`` (gauge): 1 while a worker runs in this process.
+
+Ours: ``quaymirror_mirror_pickup_seconds`` (wake-up to claim), ``quaymirror_mirror_tags_total{namespace,
+outcome}`` (copied / skipped / failed / deleted), ``quaymirror_mirror_bytes_copied_total{namespace}``.
+
+Everything lives in the default registry: ``GET /metrics`` of the API (the embedded worker's
+figures) and the ``quaymirror worker`` process's own endpoint (``QUAYMIRROR_METRICS_PORT``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+log = logging.getLogger(__name__)
+
+# Quay's failure reasons (§4.8) for ours.
+QUAY_REASONS = {"invalid_source": "invalid_source_registry", "timeout": "network_timeout",
+                "cancelled": "unknown_error"}
+
+ROWS_UNMIRRORED = Gauge("quay_repository_rows_unmirrored", "Due mirrors left unclaimed after a worker pass")
+PENDING_TAGS = Gauge("quay_repository_mirror_pending_tags", "Tags left to mirror in the current run",
+                     ["namespace", "repository"])
+LAST_SYNC_STATUS = Gauge("quay_repository_mirror_last_sync_status",
+                         "Last sync status: 2 running, 1 success, 0 failed or cancelled",
+                         ["namespace", "repository", "last_error_reason"])
+SYNC_COMPLETE = Gauge("quay_repository_mirror_sync_complete", "1 when the last sync succeeded with every tag",
+                      ["namespace", "repository"])
+SYNC_FAILURES = Counter("quay_repository_mirror_sync_failures", "Failed sync runs", ["namespace", "reason"])
+LAST_SYNC_TIMESTAMP = Gauge("quay_repository_mirror_last_sync_timestamp", "Unix time the last sync started",
+                            ["namespace", "repository"])
+SYNC_DURATION = Histogram("quay_repository_mirror_sync_duration_seconds", "Duration of sync runs", ["namespace"],
+                          buckets=(1, 5, 15, 60, 300, 900, 3600, float("inf")))
+WORKERS_ACTIVE = Gauge("quay_repository_mirror_workers_active", "1 while a mirror worker runs in this process")
+
+PICKUP = Histogram("quaymirror_mirror_pickup_seconds", "From a sync-now wake-up to the claim of the mirror",
+                   buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf")))
+TAGS = Counter("quaymirror_mirror_tags", "Tag results of sync runs", ["namespace", "outcome"])
+BYTES_COPIED = Counter("quaymirror_mirror_bytes_copied", "Bytes of images copied (where known)", ["namespace"])
+
+
+def quay_reason(reason: str | None) -> str:
+    if not reason:
+        return "unknown_error"
+    return QUAY_REASONS.get(reason, reason)
+
+
+def run_started(namespace: str, repository: str, started: float) -> None:
+    LAST_SYNC_STATUS.labels(namespace, repository, "").set(2)
+    LAST_SYNC_TIMESTAMP.labels(namespace, repository).set(started)
+    PENDING_TAGS.labels(namespace, repository).set(0)
+
+
+def run_finished(namespace: str, repository: str, outcome: str, reason: str | None, duration: float,
+                 any_failed: bool) -> None:
+    """``outcome``: SUCCESS, FAIL, CANCEL (or an interrupted run: only the duration and pending tags)."""
+    PENDING_TAGS.labels(namespace, repository).set(0)
+    SYNC_DURATION.labels(namespace).observe(duration)
+    if outcome == "SUCCESS":
+        LAST_SYNC_STATUS.labels(namespace, repository, "").set(1)
+        SYNC_COMPLETE.labels(namespace, repository).set(0 if any_failed else 1)
+    elif outcome in ("FAIL", "CANCEL"):
+        why = quay_reason(reason)
+        LAST_SYNC_STATUS.labels(namespace, repository, "").set(0)
+        LAST_SYNC_STATUS.labels(namespace, repository, why).set(0)
+        SYNC_COMPLETE.labels(namespace, repository).set(0)
+        if outcome == "FAIL":
+            SYNC_FAILURES.labels(namespace, why).inc()
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of the default registry and its content type."""
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def serve(port: int, host: str = "127.0.0.1") -> bool:
+    """Serve /metrics on ``host:port`` in a daemon thread (``quaymirror worker``); False when disabled."""
+    if not port:
+        return False
+    try:
+        start_http_server(port, addr=host)
+    except OSError as error:  # the port is taken (another worker on this host): run without
+        log.warning("metrics: cannot listen on %s:%d (%s); /metrics is not served by this worker", host, port, error)
+        return False
+    log.info("metrics on http://%s:%d/metrics", host, port)
+    return True

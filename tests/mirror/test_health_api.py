@@ -1,0 +1,283 @@
+"""GET /api/v1/repository/mirror/health: Quay's body, rules and auth (§2.6), on both backends."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from quaymirror.accounts import service as accounts
+from quaymirror.accounts.models import User
+from quaymirror.db import utcnow
+from quaymirror.mirror.history import RUN_SUCCESS, RUN_SYNCING, SyncRun
+from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus, new_uuid
+from quaymirror.repositories import service as repositories
+from quaymirror.repositories.models import Repository, RepositoryState
+
+HEALTH = "/api/v1/repository/mirror/health"
+S = RepoMirrorStatus
+
+
+@pytest.fixture
+def hw(world):
+    """The world plus a super:user token for devtable (a superuser) and an org member."""
+    world.user("member")
+    world.user("outsider")
+    from quaymirror.accounts.models import OrganizationMember
+
+    with world.database.transaction() as s:
+        org = accounts.get_by_name(s, "buynlarge")
+        s.add(OrganizationMember(organization_id=org.id, user_id=accounts.get_by_name(s, "member").id,
+                                 role="member"))
+    world.token("super", "devtable", "super:user repo:admin")
+    world.token("member", "member", "repo:read")
+    world.token("outsider", "outsider", "repo:read")
+    return world
+
+
+@pytest.fixture
+def su_client(app_with):
+    return app_with(superusers_full_access=True).test_client()
+
+
+def mirror(world, path: str, status: S = S.SUCCESS, *, enabled: bool = True, retries: int = 3,
+           state: RepositoryState = RepositoryState.MIRROR, last_sync_age: timedelta | None = None,
+           lease_owner: str | None = None) -> int:
+    """Insert a repository and its mirror configuration directly; return the repository id."""
+    ns, name = path.split("/")
+    with world.database.transaction() as s:
+        namespace = accounts.get_by_name(s, ns)
+        repo = repositories.create(s, namespace, name, state=state)
+        robot = s.query(User).filter(User.robot_namespace_id == namespace.id).first()
+        if robot is None:
+            robot, _ = accounts.create_robot(s, _box(world), namespace, "mirrorbot")
+        rule = RepoMirrorRule(repository_id=repo.id)
+        rule.rule_value = ["*"]
+        s.add(rule)
+        s.flush()
+        now = utcnow()
+        config = RepoMirrorConfig(
+            repository_id=repo.id, is_enabled=enabled, internal_robot_id=robot.id,
+            external_reference=f"quay.io/up/{name}", sync_interval=3600, sync_start_date=now,
+            sync_retries_remaining=retries, sync_status=int(status), sync_transaction_id=new_uuid(),
+            root_rule_id=rule.id, skopeo_timeout=300,
+            lease_token=new_uuid() if lease_owner else None, lease_owner=lease_owner,
+            sync_expiration_date=now + timedelta(hours=1) if lease_owner else None,
+        )
+        s.add(config)
+        s.flush()
+        if last_sync_age is not None:
+            finished = now - last_sync_age
+            s.add(SyncRun(repository_id=repo.id, config_id=config.id, trigger="schedule", worker="w-old",
+                          lease_token=new_uuid(), started=finished - timedelta(seconds=5), finished=finished,
+                          status=RUN_SUCCESS))
+        return repo.id
+
+
+def _box(world):
+    from quaymirror.security.secrets import SecretBox
+
+    return SecretBox(world.secret_key)
+
+
+def get(client, world, label: str | None = "super", **params):
+    return client.get(HEALTH, headers=world.headers(label), query_string=params)
+
+
+# ------------------------------------------------------------------ body
+def test_no_mirrors_is_healthy_with_every_key(hw, su_client):
+    response = get(su_client, hw)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert set(body) == {"healthy", "workers", "repositories", "tags_pending", "last_check", "issues"}
+    assert body["healthy"] is True
+    assert body["workers"] == {"active": 0, "configured": 0, "status": "healthy"}
+    assert body["repositories"] == {"total": 0, "syncing": 0, "completed": 0, "failed": 0, "never_run": 0}
+    assert body["tags_pending"] == 0
+    assert body["last_check"].endswith("Z")
+    assert body["issues"] == []
+    assert response.headers["Cache-Control"] == "no-cache, no-store, must-revalidate"
+
+
+def test_counts_cover_only_enabled_configs_of_mirror_repositories(hw, su_client):
+    mirror(hw, "devtable/ok1", S.SUCCESS, last_sync_age=timedelta(hours=1))
+    mirror(hw, "devtable/ok2", S.SUCCESS, last_sync_age=timedelta(hours=1))
+    mirror(hw, "devtable/running", S.SYNCING)
+    mirror(hw, "devtable/queued", S.SYNC_NOW)
+    mirror(hw, "devtable/cancelled", S.CANCEL, retries=0)
+    mirror(hw, "devtable/new", S.NEVER_RUN)
+    mirror(hw, "devtable/off", S.FAIL, enabled=False)
+    mirror(hw, "devtable/normal", S.FAIL, state=RepositoryState.NORMAL)
+    body = get(su_client, hw).get_json()
+    assert body["repositories"] == {"total": 6, "syncing": 1, "completed": 2, "failed": 0, "never_run": 1}
+
+
+def test_ten_successes_are_healthy(hw, su_client):
+    for i in range(10):
+        mirror(hw, f"devtable/r{i}", S.SUCCESS, last_sync_age=timedelta(minutes=10))
+    response = get(su_client, hw)
+    assert response.status_code == 200
+    assert response.get_json()["issues"] == []
+
+
+def test_half_failing_is_unhealthy_503_with_a_critical_issue_first(hw, su_client):
+    for i in range(5):
+        mirror(hw, f"devtable/ok{i}", S.SUCCESS, last_sync_age=timedelta(minutes=10))
+    for i in range(5):
+        mirror(hw, f"devtable/bad{i}", S.FAIL, retries=2)
+    response = get(su_client, hw)
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["healthy"] is False
+    assert body["workers"]["status"] == "degraded"
+    critical = [i for i in body["issues"] if i["severity"] == "critical"]
+    assert len(critical) == 1 and body["issues"][0] == critical[0]
+    assert critical[0]["message"] == "50.0% of repositories are failing (threshold: 20.0%)"
+    assert critical[0]["timestamp"].endswith("Z")
+    assert response.headers["Cache-Control"] == "no-cache, no-store, must-revalidate"
+
+
+def test_twenty_percent_is_not_above_the_threshold(hw, su_client):
+    for i in range(8):
+        mirror(hw, f"devtable/ok{i}", S.SUCCESS)
+    for i in range(2):
+        mirror(hw, f"devtable/bad{i}", S.FAIL, retries=2)
+    assert get(su_client, hw).status_code == 200
+
+
+def test_never_run_is_excluded_from_the_failure_rate(hw, su_client):
+    mirror(hw, "devtable/bad", S.FAIL, retries=2)
+    for i in range(4):
+        mirror(hw, f"devtable/ok{i}", S.SUCCESS)
+    for i in range(5):
+        mirror(hw, f"devtable/new{i}", S.NEVER_RUN)
+    response = get(su_client, hw)
+    assert response.status_code == 200
+    never = [i for i in response.get_json()["issues"] if "never been synced" in i["message"]]
+    assert len(never) == 5  # samples capped at 5
+    assert never[0]["severity"] == "warning"
+    assert never[0]["message"] == "Repository devtable/new0 has never been synced"
+
+
+def test_stale_repository_warning(hw, su_client):
+    mirror(hw, "devtable/old", S.SUCCESS, last_sync_age=timedelta(hours=48))
+    mirror(hw, "devtable/fresh", S.SUCCESS, last_sync_age=timedelta(hours=1))
+    body = get(su_client, hw).get_json()
+    assert body["healthy"] is True
+    assert body["issues"] == [{"severity": "warning", "timestamp": body["issues"][0]["timestamp"],
+                               "message": "Repository devtable/old hasn't synced in over 24 hours"}]
+
+
+def test_at_most_five_stale_samples(hw, su_client):
+    for i in range(7):
+        mirror(hw, f"devtable/old{i}", S.SUCCESS, last_sync_age=timedelta(hours=30))
+    issues = get(su_client, hw).get_json()["issues"]
+    assert len([i for i in issues if "24 hours" in i["message"]]) == 5
+
+
+def test_exhausted_retries_is_an_error_issue(hw, su_client):
+    mirror(hw, "devtable/gaveup", S.FAIL, retries=0)
+    mirror(hw, "devtable/retrying", S.FAIL, retries=1)
+    for i in range(8):
+        mirror(hw, f"devtable/ok{i}", S.SUCCESS)
+    body = get(su_client, hw).get_json()
+    errors = [i for i in body["issues"] if i["severity"] == "error"]
+    assert [e["message"] for e in errors] == ["Repository devtable/gaveup has exhausted all retry attempts"]
+
+
+def test_workers_and_tags_pending_come_from_leases_and_runs(hw, su_client, database):
+    repo_id = mirror(hw, "devtable/busy", S.SYNCING, lease_owner="host:1")
+    mirror(hw, "devtable/busy2", S.SYNCING, lease_owner="host:2")
+    with database.transaction() as s:
+        config_id = s.query(RepoMirrorConfig.id).filter(RepoMirrorConfig.repository_id == repo_id).scalar()
+        s.add(SyncRun(repository_id=repo_id, config_id=config_id, trigger="schedule", worker="host:1",
+                      lease_token=new_uuid(), started=utcnow(), status=RUN_SYNCING, tags_matched=8, tags_done=3))
+        s.add(SyncRun(repository_id=repo_id, config_id=None, trigger="schedule", worker="host:3",
+                      lease_token=new_uuid(), started=utcnow() - timedelta(hours=2),
+                      finished=utcnow() - timedelta(hours=2), status=RUN_SUCCESS, tags_matched=4, tags_done=4))
+    body = get(su_client, hw).get_json()
+    assert body["workers"] == {"active": 2, "configured": 2, "status": "healthy"}
+    assert body["tags_pending"] == 5
+
+
+def test_detailed_lists_repositories_with_pagination(hw, su_client):
+    mirror(hw, "devtable/b", S.SUCCESS, last_sync_age=timedelta(hours=1))
+    mirror(hw, "devtable/a", S.NEVER_RUN)
+    mirror(hw, "devtable/c", S.FAIL, retries=2)
+    body = get(su_client, hw, detailed="true", limit=2).get_json()
+    details = body["repositories"]["details"]
+    assert [d["repository"] for d in details] == ["a", "b"]
+    assert details[0] == {"namespace": "devtable", "repository": "a", "sync_status": "NEVER_RUN",
+                          "is_enabled": True, "last_sync": None, "retries_remaining": 3}
+    assert details[1]["last_sync"].endswith("Z")
+    assert body["repositories"]["pagination"] == {"limit": 2, "offset": 0, "has_more": True}
+    page = get(su_client, hw, detailed="true", limit=2, offset=2).get_json()["repositories"]
+    assert [d["repository"] for d in page["details"]] == ["c"]
+    assert page["pagination"] == {"limit": 2, "offset": 2, "has_more": False}
+
+
+def test_not_detailed_has_no_details(hw, su_client):
+    mirror(hw, "devtable/a", S.SUCCESS)
+    repos = get(su_client, hw).get_json()["repositories"]
+    assert "details" not in repos and "pagination" not in repos
+
+
+def test_limit_and_offset_are_clamped(hw, su_client):
+    body = get(su_client, hw, detailed="true", limit=5000, offset=-3).get_json()
+    assert body["repositories"]["pagination"] == {"limit": 1000, "offset": 0, "has_more": False}
+    body = get(su_client, hw, detailed="true", limit=0).get_json()
+    assert body["repositories"]["pagination"]["limit"] == 1
+    assert get(su_client, hw, limit="many").status_code == 400
+    huge = get(su_client, hw, detailed="true", offset=10**30).get_json()["repositories"]["pagination"]
+    assert huge == {"limit": 100, "offset": 2**31 - 1, "has_more": False}
+
+
+def test_namespace_filters_the_counts(hw, su_client):
+    mirror(hw, "devtable/a", S.FAIL, retries=2)
+    mirror(hw, "buynlarge/b", S.SUCCESS)
+    response = get(su_client, hw, namespace="buynlarge")
+    assert response.status_code == 200
+    assert response.get_json()["repositories"]["total"] == 1
+    assert get(su_client, hw).get_json()["repositories"]["total"] == 2
+
+
+# ------------------------------------------------------------------ auth
+def test_anonymous_is_401(hw, su_client):
+    assert get(su_client, hw, None).status_code == 401
+
+
+def test_global_view_needs_a_superuser_with_full_access(hw, client, su_client):
+    assert get(su_client, hw, "super").status_code == 200
+    assert get(client, hw, "super").status_code == 403  # full access off
+    assert get(su_client, hw, "admin").status_code == 403  # superuser without a super:user token
+    assert get(su_client, hw, "fresh").status_code == 403  # not a superuser
+
+
+def test_unknown_namespace_is_404(hw, su_client, client):
+    assert get(su_client, hw, "super", namespace="nobody").status_code == 404
+    assert get(client, hw, "fresh", namespace="nobody").status_code == 404
+
+
+@pytest.mark.parametrize(("label", "namespace", "status"), [
+    ("fresh", "buynlarge", 200),      # org admin
+    ("member", "buynlarge", 200),     # org member
+    ("outsider", "buynlarge", 403),   # not a member
+    ("fresh", "freshuser", 200),      # own user namespace
+    ("fresh", "devtable", 403),       # someone else's user namespace
+    ("admin", "devtable", 200),       # superuser, own namespace, full access off
+    ("super", "buynlarge", 403),      # superuser without full access, other namespace
+])
+def test_namespace_access_without_full_access(hw, client, label, namespace, status):
+    assert get(client, hw, label, namespace=namespace).status_code == status
+
+
+def test_superuser_with_full_access_sees_any_namespace(hw, su_client):
+    assert get(su_client, hw, "super", namespace="buynlarge").status_code == 200
+
+
+def test_repository_rows_are_left_alone(hw, su_client, database):
+    """The health read changes nothing."""
+    mirror(hw, "devtable/a", S.SUCCESS)
+    get(su_client, hw, detailed="true")
+    with database.transaction() as s:
+        assert s.query(Repository).filter(Repository.name == "a").one().state == RepositoryState.MIRROR

@@ -1,0 +1,152 @@
+"""Cheap digest checks: manifest HEADs instead of ``skopeo inspect``, kept-alive connections, rate limits.
+
+Against real registries (open, htpasswd, TLS): the HEAD digests equal the
+sha256 of ``skopeo inspect --raw``; a no-change re-sync runs no skopeo
+inspect or copy at all (skopeo is wrapped by a script that logs its argv).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import stat
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from quaymirror.mirror import status
+from quaymirror.mirror.models import RepoMirrorConfig
+from quaymirror.mirror.worker.registry_client import RateLimited, RegistryClient
+from tests.harness.fixtures import AUTH_PASSWORD, AUTH_USERNAME
+from tests.harness.images import push_images
+from tests.harness.registry import Registry
+from tests.worker.conftest import sync_once
+
+TAGS = ["a", "b", "c", "d"]  # a and c are 3-platform indexes
+
+
+def _skopeo_digest(reg: Registry, repo: str, tag: str, creds: bool = False) -> str:
+    cmd = ["skopeo", "inspect", "--raw", *reg.skopeo_tls_args()]
+    if creds:
+        cmd += ["--creds", f"{AUTH_USERNAME}:{AUTH_PASSWORD}"]
+    out = subprocess.run([*cmd, f"docker://{reg.host}/{repo}:{tag}"], capture_output=True, timeout=30, check=True)
+    return "sha256:" + hashlib.sha256(out.stdout).hexdigest()
+
+
+def _check(reg: Registry, client: RegistryClient, tmp_path: Path, creds: bool = False) -> None:
+    digests = push_images(reg, "ns/r", TAGS, workdir=tmp_path / "img")
+    for _ in range(3):  # several rounds on one thread: one connection, reused
+        assert {t: client.manifest_digest("ns/r", t) for t in TAGS} == digests
+    assert digests == {t: _skopeo_digest(reg, "ns/r", t, creds) for t in TAGS}
+    assert len(client._open) == 1
+    assert client.manifest_digest("ns/r", "nope") is None
+    client.close()
+    assert client.manifest_digest("ns/r", "a") == digests["a"]  # re-opens after close
+
+
+def test_head_digests_equal_skopeo_open(registry, tmp_path):
+    _check(registry, RegistryClient(registry.host, tls_verify=False), tmp_path)
+
+
+def test_head_digests_equal_skopeo_htpasswd(auth_registry, tmp_path):
+    client = RegistryClient(auth_registry.host, username=AUTH_USERNAME, password=AUTH_PASSWORD, tls_verify=False)
+    _check(auth_registry, client, tmp_path, creds=True)
+
+
+def test_head_digests_equal_skopeo_tls(tls_registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.cert_dir / "ca.crt"))
+    _check(tls_registry, RegistryClient(tls_registry.host, tls_verify=True), tmp_path)
+
+
+def test_kept_alive_connection_survives_a_server_side_close(registry, tmp_path):
+    digests = push_images(registry, "ns/r", ["a"], workdir=tmp_path / "img")
+    client = RegistryClient(registry.host, tls_verify=False)
+    assert client.manifest_digest("ns/r", "a") == digests["a"]
+    [conn] = client._open
+    conn.sock.close()  # as if the registry dropped the idle connection
+    assert client.manifest_digest("ns/r", "a") == digests["a"]
+
+
+@pytest.fixture
+def counting_skopeo(tmp_path) -> Iterator[tuple[Path, Path]]:
+    """A skopeo wrapper that appends each argv to a log file: (wrapper, log)."""
+    log = tmp_path / "skopeo-calls.log"
+    wrapper = tmp_path / "skopeo-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("skopeo")} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    yield wrapper, log
+
+
+def _calls(log: Path) -> list[str]:
+    if not log.exists():
+        return []
+    return [line.split("--command-timeout")[1].split()[1] for line in log.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("destination", ["oci", "docker"])
+def test_no_change_resync_runs_no_skopeo_inspect_or_copy(destination, auth_registry, database, mirrors,
+                                                         make_worker, tmp_path, markers, counting_skopeo,
+                                                         request):
+    wrapper, log = counting_skopeo
+    markers.append(auth_registry.host)
+    digests = push_images(auth_registry, "up/app", TAGS, workdir=tmp_path / "img")
+    overrides = {"skopeo_path": str(wrapper)}
+    if destination == "docker":
+        dest = request.getfixturevalue("registry")
+        markers.append(dest.host)
+        overrides.update(storage=f"docker://{dest.host}", storage_tls_verify=False)
+    config_id = mirrors.create("org/app", f"{auth_registry.host}/up/app", ["*"], username=AUTH_USERNAME,
+                               password=AUTH_PASSWORD)
+    worker = make_worker(**overrides)
+    assert sync_once(worker) == 1
+    [run] = mirrors.runs(config_id)
+    assert (run.status, run.tags_copied) == ("SUCCESS", len(TAGS))
+    first = _calls(log)
+    assert "inspect" not in first  # the HEAD gave every digest
+    assert first.count("copy") == len(TAGS)
+
+    log.unlink()
+    with database.transaction() as session:
+        assert status.request_sync_now(session, session.get(RepoMirrorConfig, config_id))
+    assert sync_once(worker) == 1
+    run = mirrors.runs(config_id)[-1]
+    assert (run.status, run.tags_copied, run.tags_skipped) == ("SUCCESS", 0, len(TAGS))
+    assert {t: r.digest for t, r in mirrors.tags(run.id).items()} == digests
+    assert _calls(log) == []  # tags listed and digests read over HTTP
+
+
+class _Limited(BaseHTTPRequestHandler):
+    def do_HEAD(self) -> None:
+        if self.path == "/v2/ns/r/manifests/exhausted":
+            self.send_response(429)
+            self.send_header("Retry-After", "60")
+        else:
+            self.send_response(200)
+            self.send_header("Docker-Content-Digest", "sha256:" + "0" * 64)
+        self.send_header("RateLimit-Remaining", "0;w=21600")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_rate_limit_headers_are_honoured():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Limited)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = RegistryClient(f"127.0.0.1:{server.server_port}", tls_verify=False, timeout=5)
+        assert client.manifest_digest("ns/r", "ok") == "sha256:" + "0" * 64
+        assert client.rate_limit_remaining == 0
+        with pytest.raises(RateLimited, match="429.*Retry-After 60"):
+            client.manifest_digest("ns/r", "exhausted")
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
