@@ -238,10 +238,6 @@ def test_destination_disk_full_breaks_nothing_else(backend, small_tmpfs, registr
     assert run.reason is not None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: ENOSPC raised by the worker's own OCI-layout write (quaymirror/mirror/worker/destination.py "
-    "_ensure_layout -> _atomic_write) escapes as 'internal error: OSError', reason unknown_error, "
-    "no tag rows: the history never says the destination is out of space"))
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_destination_disk_full_reason_is_clear(backend, small_tmpfs, registry, database, settings,  # noqa: F811
                                                tmp_path):

@@ -365,7 +365,11 @@ class SyncRun:
                 return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
                             message=f"the upstream registry's pull rate limit is exhausted (RateLimit-Remaining: 0); "
                                     f"{tag} was not copied")
-            target = destination.copy_target(tag, slot)
+            try:
+                target = destination.copy_target(tag, slot)
+            except (DestinationError, OSError) as error:  # e.g. ENOSPC: say so, per tag
+                return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
+                            message=f"preparing the destination failed: {error}")
             try:
                 digestfile = files.child(f"digest-{slot}")
                 # Tags sharing a manifest are copied one after the other: distribution can fail two concurrent
