@@ -52,6 +52,13 @@ def create(session: Session, namespace: User, name: str, *, visibility: str = "p
 
 
 def delete(session: Session, repository: Repository, performer: User | None = None) -> None:
+    from quaymirror.mirror.models import RepoMirrorConfig  # mirror depends on repositories, not the reverse
+
+    # Lock the mirror configuration before the repository row, in the order the mirror's PUT takes
+    # them: the cascade would otherwise lock them the other way round and deadlock with a PUT.
+    session.execute(select(RepoMirrorConfig.id).where(RepoMirrorConfig.repository_id == repository.id)
+                    .with_for_update())
+    session.execute(select(Repository.id).where(Repository.id == repository.id).with_for_update())
     audit.record(session, "delete_repo", performer_id=performer.id if performer else None,
                  repo=repository.name, namespace=repository.namespace.username)
     session.delete(repository)
