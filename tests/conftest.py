@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +33,13 @@ def _pg_admin_engine():
     return create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, migrated PostgreSQL database for this test session."""
-    name = f"quaymirror_test_{uuid.uuid4().hex[:10]}"
+@contextmanager
+def fresh_postgres(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (its URL), dropped afterwards.
+
+    An unreachable server fails the test under CI=true and skips it elsewhere, with the reason.
+    """
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = _pg_admin_engine()
         with admin.connect() as conn:
@@ -45,15 +49,23 @@ def postgres_url() -> Iterator[str]:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    dbmod.upgrade(url)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
-        ), {"n": name})
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+            ), {"n": name})
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this test session."""
+    with fresh_postgres("quaymirror_test") as url:
+        dbmod.upgrade(url)
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -228,23 +240,8 @@ def empty_database_url(backend, tmp_path) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    name = f"quaymirror_empty_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = _pg_admin_engine()
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # noqa: BLE001 - any connection problem means "no PostgreSQL here"
-        message = f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {type(error).__name__}: {error}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    with admin.connect() as conn:
-        conn.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
-        ), {"n": name})
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    with fresh_postgres("quaymirror_empty") as url:
+        yield url
 
 
 @pytest.fixture

@@ -16,15 +16,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from tests.conftest import IN_CI, PG_ADMIN_URL
+from tests.conftest import fresh_postgres
 
 START_TIMEOUT = 60.0
 ALL_SCOPES = ("repo:read", "repo:write", "repo:admin", "repo:create", "user:read", "user:admin", "org:admin",
@@ -80,31 +78,6 @@ def _cli(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
-def _create_database() -> tuple[str, str]:
-    name = f"quaymirror_e2e_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        admin.dispose()
-    except Exception as error:  # noqa: BLE001 - any connection problem means "no PostgreSQL here"
-        message = f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {type(error).__name__}: {error}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return name, PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-def _drop_database(name: str) -> None:
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
-        ), {"n": name})
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
-
-
 def seed(env: dict[str, str]) -> str:
     """Users, an org, robots, repositories in MIRROR state; returns a token of the owner with every scope."""
     _cli(env, "user", "create", USER, "--email", f"{USER}@example.com", "--superuser")
@@ -141,7 +114,11 @@ def mirror_config(robot: str) -> dict:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory) -> Iterator[LiveServer]:
-    name, url = _create_database()
+    with fresh_postgres("quaymirror_e2e") as url:
+        yield from _serve(url, tmp_path_factory)
+
+
+def _serve(url: str, tmp_path_factory) -> Iterator[LiveServer]:
     instance = tmp_path_factory.mktemp("e2e-instance")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUAYMIRROR_")}
     env.update({
@@ -187,7 +164,6 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        _drop_database(name)
 
 
 def instance_path(server: LiveServer) -> Path:
