@@ -390,6 +390,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                {"name": "detailed", "in": "query", "required": False, "schema": {"type": "boolean"}},
                {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
                {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer"}}]),
+    ("SuperuserMirrorHealth", "GET"): Operation(
+        "getSuperuserMirrorHealth",
+        "Mirror health of every namespace for any superuser (super:user scope; full access not needed): "
+        "the summary without per-repository issues or details (503 when degraded).",
+        scopes.SUPERUSER, {200: "MirrorHealth", 503: {"anyOf": [_ref("MirrorHealth"), _ref("ApiError")]}},
+        tags=("superuser", "mirror")),
     ("MirrorSync", "GET"): Operation("getRepoMirrorSync", "One sync run with its per-tag results.",
                                      scopes.REPO_ADMIN, {200: "SyncRunDetail"}, tags=("mirror",)),
 }

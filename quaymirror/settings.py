@@ -44,6 +44,13 @@ def _number(name: str, raw: str | None, default: float, kind: type = int, minimu
     return value
 
 
+def _optional_int(name: str, raw: str | None, minimum: int) -> int | None:
+    """An int setting that may be left unset (None), else at least ``minimum``."""
+    if raw is None or raw.strip() == "":
+        return None
+    return int(_number(name, raw, minimum, int, minimum))
+
+
 def _list(raw: str | None) -> tuple[str, ...]:
     if not raw:
         return ()
@@ -119,6 +126,9 @@ class Settings:
     # ``quaymirror worker`` serves Prometheus /metrics here (0: not at all).
     metrics_port: int = 9108
     metrics_host: str = "127.0.0.1"
+    # Quay's REPO_MIRROR_WORKER_REPLICAS: the worker processes deployed (None: not said). The mirror
+    # health is degraded while fewer report in.
+    worker_replicas: int | None = None
     max_content_length: int = 1024 * 1024
 
     @property
@@ -166,4 +176,5 @@ class Settings:
             api_workers=int(_number("API_WORKERS", get("API_WORKERS"), 2, int, 1)),
             metrics_port=int(_number("METRICS_PORT", get("METRICS_PORT"), 9108, int, 0)),
             metrics_host=get("METRICS_HOST") or "127.0.0.1",
+            worker_replicas=_optional_int("WORKER_REPLICAS", get("WORKER_REPLICAS"), 1),
         )

@@ -1,4 +1,10 @@
-"""Quay's mirror health (§2.6): ``GET /api/v1/repository/mirror/health``.
+"""Quay's mirror health (§2.6): ``GET /api/v1/repository/mirror/health`` and
+``GET /api/v1/superuser/mirror/health``.
+
+The superuser endpoint answers the same summary for every namespace, without
+the per-repository issue samples and without details; it needs a superuser's
+token with the ``super:user`` scope (Quay's superuser endpoints' scope), whether
+or not ``QUAYMIRROR_SUPERUSERS_FULL_ACCESS`` is on.
 
 Quay reads worker liveness, pending tags and last-sync times from the worker's
 Prometheus metrics; we read the same facts from the database, which every
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import request
+from flask import Response, request
 from flask_restful import Api, Resource
 from sqlalchemy import and_, distinct, func, or_, select, union
 from sqlalchemy.orm import Session
@@ -53,6 +59,7 @@ class Options:
     limit: int = DEFAULT_LIMIT
     offset: int = 0
     worker_replicas: int | None = None
+    samples: bool = True  # the per-repository issues (stale, never run, retries exhausted)
 
 
 def _base(namespace_id: int | None):
@@ -146,17 +153,18 @@ def health(session: Session, options: Options, now: datetime | None = None) -> d
         })
 
     last_sync = _last_sync()
-    for ns, name in _samples(session, conditions, last_sync.c.last_sync < now - STALE_AFTER, last_sync):
-        issues.append({"severity": "warning", "message": f"Repository {ns}/{name} hasn't synced in over 24 hours",
-                       "timestamp": stamp})
-    for ns, name in _samples(session, conditions, RepoMirrorConfig.sync_status == RepoMirrorStatus.NEVER_RUN):
-        issues.append({"severity": "warning", "message": f"Repository {ns}/{name} has never been synced",
-                       "timestamp": stamp})
-    exhausted = and_(RepoMirrorConfig.sync_status == RepoMirrorStatus.FAIL,
-                     RepoMirrorConfig.sync_retries_remaining == 0)
-    for ns, name in _samples(session, conditions, exhausted):
-        issues.append({"severity": "error", "message": f"Repository {ns}/{name} has exhausted all retry attempts",
-                       "timestamp": stamp})
+    if options.samples:
+        for ns, name in _samples(session, conditions, last_sync.c.last_sync < now - STALE_AFTER, last_sync):
+            issues.append({"severity": "warning",
+                           "message": f"Repository {ns}/{name} hasn't synced in over 24 hours", "timestamp": stamp})
+        for ns, name in _samples(session, conditions, RepoMirrorConfig.sync_status == RepoMirrorStatus.NEVER_RUN):
+            issues.append({"severity": "warning", "message": f"Repository {ns}/{name} has never been synced",
+                           "timestamp": stamp})
+        exhausted = and_(RepoMirrorConfig.sync_status == RepoMirrorStatus.FAIL,
+                         RepoMirrorConfig.sync_retries_remaining == 0)
+        for ns, name in _samples(session, conditions, exhausted):
+            issues.append({"severity": "error",
+                           "message": f"Repository {ns}/{name} has exhausted all retry attempts", "timestamp": stamp})
 
     ran = total - never_run
     if ran > 0 and failed / ran > FAILURE_THRESHOLD:
@@ -227,10 +235,9 @@ def _int_arg(name: str, default: int) -> int:
         raise InvalidRequest(f"{name}: invalid literal for int() with base 10: {raw!r}") from None
 
 
-def _worker_replicas() -> int | None:
-    # Quay's REPO_MIRROR_WORKER_REPLICAS; read only when the settings define it.
-    value = getattr(web.settings(), "repo_mirror_worker_replicas", None)
-    return int(value) if value else None
+def _answer(body: dict[str, Any]) -> Response:
+    """200 when healthy, 503 when not; never cached."""
+    return json_response(body, 200 if body["healthy"] else 503, headers={"Cache-Control": CACHE_CONTROL})
 
 
 class RepositoryMirrorHealth(Resource):
@@ -255,10 +262,20 @@ class RepositoryMirrorHealth(Resource):
             detailed=_bool_arg("detailed", False),
             limit=min(MAX_LIMIT, max(1, _int_arg("limit", DEFAULT_LIMIT))),
             offset=min(MAX_OFFSET, max(0, _int_arg("offset", 0))),
-            worker_replicas=_worker_replicas(),
+            worker_replicas=web.settings().worker_replicas,
         )
-        body = health(session, options)
-        return json_response(body, 200 if body["healthy"] else 503, headers={"Cache-Control": CACHE_CONTROL})
+        return _answer(health(session, options))
+
+
+class SuperuserMirrorHealth(Resource):
+    def get(self):
+        """Any superuser with a ``super:user`` token; full access is not needed. Query arguments are ignored."""
+        caller = web.caller()  # anonymous, garbage or expired token: 401
+        # superuser_passes with full access forced on: exactly "a superuser holding a super:user token".
+        if not superuser_passes(caller, full_access=True):
+            raise Forbidden()
+        options = Options(worker_replicas=web.settings().worker_replicas, samples=False)
+        return _answer(health(web.session(), options))
 
 
 def _may_view(session: Session, user: User, namespace: User) -> bool:
@@ -270,3 +287,4 @@ def _may_view(session: Session, user: User, namespace: User) -> bool:
 
 def register(api: Api) -> None:
     api.add_resource(RepositoryMirrorHealth, "/repository/mirror/health", endpoint="repository_mirror_health")
+    api.add_resource(SuperuserMirrorHealth, "/superuser/mirror/health", endpoint="superuser_mirror_health")

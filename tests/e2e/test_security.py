@@ -1,9 +1,8 @@
-"""Security end to end: secrets never in plaintext, the authorization matrix of the mirror endpoints,
-SSRF through the API and in the worker, input limits.
+"""Security end to end: secrets never in plaintext, SSRF through the API and in the worker, input limits.
 
-Complements tests/auth/test_matrix.py (foundation endpoints), tests/security/test_ssrf.py (unit
-table), tests/worker/test_failures.py (wrong-password leaks) and tests/test_errors.py (413 on the
-foundation endpoints).
+Complements tests/e2e/test_authz_server.py (the authorization matrix of every endpoint, against
+gunicorn), tests/security/test_ssrf.py (unit table), tests/worker/test_failures.py (wrong-password
+leaks) and tests/test_errors.py (413 on the foundation endpoints).
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from sqlalchemy import select
 
 from quaymirror.db import Database
 from quaymirror.mirror.history import SyncRun
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.models import RepoMirrorStatus
 from quaymirror.security import ssrf
-from tests.auth.test_matrix import FULL, matrix_world  # noqa: F401
 from tests.conftest import PG_ADMIN_URL, TEST_SECRET, World, _truncate_all
 from tests.e2e.servers import Server, WorkerProcess, send
 from tests.harness.fixtures import AUTH_USERNAME, auth_registry, require_tools  # noqa: F401
@@ -48,106 +46,6 @@ def post_body(robot: str, reference: str = "quay.io/a/b", **overrides) -> dict:
             "external_registry_config": {"verify_tls": True}, "skopeo_timeout_interval": 300}
     body.update(overrides)
     return body
-
-
-# --------------------------------------------------------------------------- authorization matrix
-
-COLUMNS = ["get", "post", "put", "delete", "sync_now", "sync_cancel", "syncs"]
-SUCCESS = {"get": 200, "post": 201, "put": 201, "delete": 204, "sync_now": 204, "sync_cancel": 204, "syncs": 200}
-NAMESPACES = {"devtable": "devtable+dtrobot", "buynlarge": "buynlarge+coolrobot"}
-
-
-def request_for(column: str, namespace: str) -> tuple[str, str, dict | None]:
-    base = f"/api/v1/repository/{namespace}/m_{column}/mirror"
-    return {
-        "get": ("GET", base, None),
-        "post": ("POST", base, post_body(NAMESPACES[namespace])),
-        "put": ("PUT", base, {"sync_interval": 7200}),
-        "delete": ("DELETE", base, None),
-        "sync_now": ("POST", base + "/sync-now", None),
-        "sync_cancel": ("POST", base + "/sync-cancel", None),
-        "syncs": ("GET", base + "/syncs", None),
-    }[column]
-
-
-# caller -> (token label, superusers_full_access, namespaces it administers)
-CALLERS: dict[str, tuple[str | None, bool, frozenset[str]]] = {
-    "anonymous": (None, False, frozenset()),
-    "garbage token": ("garbage", False, frozenset()),
-    "expired token": ("expired", False, frozenset()),
-    "raw robot token as bearer": ("robot-password", False, frozenset()),
-    "only repo:read": ("only:repo:read", False, frozenset()),
-    "only repo:write": ("only:repo:write", False, frozenset()),
-    "only repo:admin": ("only:repo:admin", False, frozenset({"devtable"})),
-    "only repo:create": ("only:repo:create", False, frozenset()),
-    "only user:read": ("only:user:read", False, frozenset()),
-    "only user:admin": ("only:user:admin", False, frozenset()),
-    "only org:admin": ("only:org:admin", False, frozenset()),
-    "only super:user": ("only:super:user", False, frozenset()),
-    "namespace owner": ("owner", False, frozenset({"devtable"})),
-    "org admin": ("orgadmin", False, frozenset({"buynlarge"})),
-    "org member without admin": ("member", False, frozenset()),
-    "other user": ("other", False, frozenset()),
-    "robot oauth token": ("robot", False, frozenset()),
-    "superuser, full access off, super:user": ("sudo", False, frozenset({"devtable"})),
-    "superuser, full access on, super:user only": ("only:super:user", True, frozenset({"devtable", "buynlarge"})),
-    "superuser, full access on, super:user + all": ("sudo", True, frozenset({"devtable", "buynlarge"})),
-    "superuser, full access on, no super:user": ("owner", True, frozenset({"devtable"})),
-}
-ERROR_TYPES = {401: "invalid_token", 403: "insufficient_scope"}
-UNAUTHENTICATED = {"anonymous", "garbage token", "expired token", "raw robot token as bearer"}
-
-
-def expected(caller: str, column: str, namespace: str) -> int:
-    if caller in UNAUTHENTICATED:
-        return 401
-    return SUCCESS[column] if namespace in CALLERS[caller][2] else 403
-
-
-@pytest.fixture
-def mirror_world(matrix_world, database):  # noqa: F811
-    """matrix_world plus one MIRROR repository per column and namespace (a config except for POST)."""
-    mirrors = Mirrors(database, TEST_SECRET)
-    for namespace in NAMESPACES:
-        for column in COLUMNS:
-            if column == "post":
-                matrix_world.repo(f"{namespace}/m_post", state="MIRROR")
-                continue
-            status = RepoMirrorStatus.SYNC_NOW if column == "sync_cancel" else RepoMirrorStatus.NEVER_RUN
-            mirrors.create(f"{namespace}/m_{column}", "quay.io/a/b", status=status)
-    return matrix_world
-
-
-@pytest.mark.parametrize("caller", list(CALLERS))
-def test_mirror_authorization_matrix(caller, mirror_world, app_with, database):
-    label, full_access, _admin_of = CALLERS[caller]
-    client = app_with(superusers_full_access=full_access).test_client()
-    headers = mirror_world.headers(label)
-    wrong = []
-    for namespace in NAMESPACES:
-        for column in COLUMNS:
-            method, path, body = request_for(column, namespace)
-            response = client.open(path, method=method, headers=headers, json=body)
-            want = expected(caller, column, namespace)
-            payload = response.get_json(silent=True)
-            if response.status_code != want:
-                wrong.append(f"{namespace}/{column}: {method} {path} -> {response.status_code} "
-                             f"(expected {want}) {payload}")
-            elif want in ERROR_TYPES and (payload or {}).get("error_type") != ERROR_TYPES[want]:
-                wrong.append(f"{namespace}/{column}: body {payload}")
-    assert not wrong, f"{caller}:\n" + "\n".join(wrong)
-    # A refused caller changed nothing: the PUT target keeps its interval, the DELETE target its config.
-    from quaymirror.accounts import service as accounts
-
-    with database.transaction() as session:
-        names = {accounts.get_by_name(session, ns).id: ns for ns in NAMESPACES}
-        intervals = {f"{names[row.repository.namespace_id]}/{row.repository.name}": row.sync_interval
-                     for row in session.scalars(select(RepoMirrorConfig))}
-    for namespace in NAMESPACES:
-        if expected(caller, "put", namespace) != 201:
-            assert intervals[f"{namespace}/m_put"] == 3600
-        if expected(caller, "delete", namespace) != 204:
-            assert f"{namespace}/m_delete" in intervals
 
 
 # ---------------------------------------------------------------------------------- SSRF via API

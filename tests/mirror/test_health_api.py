@@ -1,4 +1,5 @@
-"""GET /api/v1/repository/mirror/health: Quay's body, rules and auth (§2.6), on both backends."""
+"""GET /api/v1/repository/mirror/health and /api/v1/superuser/mirror/health: Quay's body, rules and auth
+(§2.6), on both backends; QUAYMIRROR_WORKER_REPLICAS (Quay's REPO_MIRROR_WORKER_REPLICAS)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from quaymirror.mirror.history import RUN_SUCCESS, RUN_SYNCING, SyncRun
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus, new_uuid
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
+from quaymirror.settings import Settings, SettingsError
 
 HEALTH = "/api/v1/repository/mirror/health"
+SUPER_HEALTH = "/api/v1/superuser/mirror/health"
+NO_CACHE = "no-cache, no-store, must-revalidate"
 S = RepoMirrorStatus
 
 
@@ -281,3 +285,154 @@ def test_repository_rows_are_left_alone(hw, su_client, database):
     get(su_client, hw, detailed="true")
     with database.transaction() as s:
         assert s.query(Repository).filter(Repository.name == "a").one().state == RepositoryState.MIRROR
+
+
+# ------------------------------------------------------------------ superuser endpoint
+def super_get(client, world, label: str | None = "super", **params):
+    return client.get(SUPER_HEALTH, headers=world.headers(label), query_string=params)
+
+
+def _with_sample_issues(world) -> None:
+    """One repository of each per-repository issue (stale, never run, retries exhausted), all healthy overall."""
+    mirror(world, "devtable/old", S.SUCCESS, last_sync_age=timedelta(hours=48))
+    mirror(world, "devtable/new", S.NEVER_RUN)
+    mirror(world, "buynlarge/gaveup", S.FAIL, retries=0)
+    for i in range(5):
+        mirror(world, f"buynlarge/ok{i}", S.SUCCESS, last_sync_age=timedelta(hours=1))
+
+
+@pytest.mark.parametrize(("label", "status"), [
+    (None, 401),          # anonymous
+    ("garbage", 401),     # unknown token
+    ("expired", 401),     # expired super:user token of a superuser
+    ("fresh", 403),       # not a superuser
+    ("fake-super", 403),  # not a superuser, although the token carries super:user
+    ("admin", 403),       # a superuser whose token lacks super:user
+    ("super", 200),       # a superuser with super:user, full access off
+])
+def test_superuser_health_auth(hw, client, label, status):
+    hw.tokens["garbage"] = "notarealtoken"
+    hw.token("expired", "devtable", "super:user", expires_in=-60)
+    hw.token("fake-super", "freshuser", "super:user repo:admin")
+    response = super_get(client, hw, label)
+    assert response.status_code == status, response.get_data(as_text=True)
+    body = response.get_json()
+    if status == 401:
+        assert body["error_type"] == "invalid_token"
+        assert body["detail"] == "Requires authentication"
+        assert body["status"] == 401
+        assert set(body) == {"detail", "error_message", "error_type", "title", "type", "status"}
+    elif status == 403:
+        assert body["error_type"] == "insufficient_scope"
+        assert body["status"] == 403
+
+
+def test_superuser_health_passes_with_full_access_too(hw, su_client):
+    assert super_get(su_client, hw).status_code == 200
+    assert super_get(su_client, hw, "fresh").status_code == 403
+
+
+def test_superuser_health_is_the_summary_without_samples_or_details(hw, client, su_client):
+    _with_sample_issues(hw)
+    response = super_get(client, hw, detailed="true", limit=2, offset=1, namespace="devtable")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == NO_CACHE
+    body = response.get_json()
+    assert set(body) == {"healthy", "workers", "repositories", "tags_pending", "last_check", "issues"}
+    assert body["healthy"] is True
+    assert body["workers"] == {"active": 0, "configured": 0, "status": "healthy"}
+    # every namespace, whatever `namespace` says; no details or pagination, whatever `detailed` says
+    assert body["repositories"] == {"total": 8, "syncing": 0, "completed": 6, "failed": 1, "never_run": 1}
+    assert body["tags_pending"] == 0
+    assert body["last_check"].endswith("Z")
+    assert body["issues"] == []
+    # the repository endpoint reports the same state with its samples and details
+    full = get(su_client, hw, detailed="true").get_json()
+    assert full["repositories"]["total"] == 8 and len(full["repositories"]["details"]) == 8
+    assert {i["message"] for i in full["issues"]} == {
+        "Repository devtable/old hasn't synced in over 24 hours",
+        "Repository devtable/new has never been synced",
+        "Repository buynlarge/gaveup has exhausted all retry attempts",
+    }
+
+
+def test_superuser_health_unhealthy_is_503_with_the_global_issue_only(hw, client):
+    for i in range(5):
+        mirror(hw, f"devtable/ok{i}", S.SUCCESS, last_sync_age=timedelta(minutes=10))
+    for i in range(5):
+        mirror(hw, f"buynlarge/bad{i}", S.FAIL, retries=0)  # each also an "exhausted" sample elsewhere
+    response = super_get(client, hw)
+    assert response.status_code == 503
+    assert response.headers["Cache-Control"] == NO_CACHE
+    body = response.get_json()
+    assert body["healthy"] is False
+    assert body["workers"] == {"active": 0, "configured": 0, "status": "degraded"}
+    assert body["repositories"] == {"total": 10, "syncing": 0, "completed": 5, "failed": 5, "never_run": 0}
+    assert body["issues"] == [{"severity": "critical", "timestamp": body["last_check"],
+                               "message": "50.0% of repositories are failing (threshold: 20.0%)"}]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_superuser_health_is_in_the_openapi_document_with_the_super_user_scope(app):
+    from quaymirror.openapi import SECURITY_SCHEME, build_spec
+
+    op = build_spec(app)["paths"][SUPER_HEALTH]["get"]
+    assert op["operationId"] == "getSuperuserMirrorHealth"
+    assert op["security"] == [{SECURITY_SCHEME: ["super:user"]}]
+    assert op["x-scope"] == "super:user"
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/MirrorHealth"}
+    assert {"401", "403", "503"} <= set(op["responses"])
+
+
+# ------------------------------------------------------------------ QUAYMIRROR_WORKER_REPLICAS
+REPLICAS_WARNING = ("2 mirror worker(s) are not reporting in this process "
+                    "(REPO_MIRROR_WORKER_REPLICAS=3, quay_repository_mirror_workers_active=1)")
+
+
+@pytest.mark.parametrize("path", [HEALTH, SUPER_HEALTH])
+def test_missing_replicas_degrade_the_health(hw, app_with, path):
+    mirror(hw, "devtable/busy", S.SYNCING, lease_owner="host:1")
+    mirror(hw, "devtable/ok", S.SUCCESS, last_sync_age=timedelta(hours=1))
+    client = app_with(worker_replicas=3, superusers_full_access=True).test_client()
+    response = client.get(path, headers=hw.headers("super"))
+    assert response.status_code == 503
+    assert response.headers["Cache-Control"] == NO_CACHE
+    body = response.get_json()
+    assert body["healthy"] is False
+    assert body["workers"] == {"active": 1, "configured": 3, "status": "degraded"}
+    assert body["issues"] == [{"severity": "warning", "message": REPLICAS_WARNING, "timestamp": body["last_check"]}]
+
+
+def test_replicas_all_reporting_or_none_reporting_stay_healthy(hw, app_with):
+    """Quay warns only for 0 < active < replicas, and only when there are mirrors."""
+    assert super_get(app_with(worker_replicas=3).test_client(), hw).get_json()["workers"] == {
+        "active": 0, "configured": 3, "status": "healthy"}  # no mirrors
+    mirror(hw, "devtable/ok", S.SUCCESS, last_sync_age=timedelta(hours=1))
+    response = super_get(app_with(worker_replicas=3).test_client(), hw)  # mirrors, no active worker
+    assert response.status_code == 200
+    assert response.get_json()["workers"] == {"active": 0, "configured": 3, "status": "healthy"}
+    mirror(hw, "devtable/busy", S.SYNCING, lease_owner="host:1")
+    response = super_get(app_with(worker_replicas=1).test_client(), hw)
+    assert response.status_code == 200
+    assert response.get_json()["workers"] == {"active": 1, "configured": 1, "status": "healthy"}
+    assert response.get_json()["issues"] == []
+    unset = super_get(app_with(worker_replicas=None).test_client(), hw).get_json()
+    assert unset["workers"] == {"active": 1, "configured": 1, "status": "healthy"}  # configured = active
+
+
+def _env(tmp_path, **values: str) -> dict[str, str]:
+    return {"QUAYMIRROR_INSTANCE_PATH": str(tmp_path), "QUAYMIRROR_SECRET_KEY": "k",
+            **{f"QUAYMIRROR_{k}": v for k, v in values.items()}}
+
+
+@pytest.mark.parametrize(("raw", "value"), [(None, None), ("", None), ("  ", None), ("1", 1), ("3", 3), (" 12 ", 12)])
+def test_worker_replicas_setting(tmp_path, raw, value):
+    env = _env(tmp_path) if raw is None else _env(tmp_path, WORKER_REPLICAS=raw)
+    assert Settings.from_env(env).worker_replicas == value
+
+
+@pytest.mark.parametrize("raw", ["0", "-2", "three", "2.5", "1e3"])
+def test_unusable_worker_replicas_are_refused_at_start(tmp_path, raw):
+    with pytest.raises(SettingsError, match="QUAYMIRROR_WORKER_REPLICAS"):
+        Settings.from_env(_env(tmp_path, WORKER_REPLICAS=raw))
