@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, or_, update
+from sqlalchemy import and_, func, literal_column, or_, update
 from sqlalchemy.orm import Session
 
 from quaymirror.db import utcnow
@@ -63,22 +63,46 @@ def cancel(session: Session, config: RepoMirrorConfig) -> bool:
     return result.rowcount == 1
 
 
+# Quay's second filter, "ready": every status but SYNCING and SYNC_NOW.
+READY_STATUSES = (S.CANCEL, S.FAIL, S.NEVER_RUN, S.SUCCESS)
+
+
+def immediate_clause():
+    """Quay's first filter: a sync-now not taken yet (``is_enabled`` and the schedule do not matter)."""
+    return and_(C.sync_status == S.SYNC_NOW, C.sync_expiration_date.is_(None))
+
+
+def ready_filters(status: RepoMirrorStatus | None = None) -> tuple:
+    """Quay's second filter without its time condition, for one of ``READY_STATUSES`` or all of them.
+
+    The terms besides the status are, word for word, the predicate of the partial index
+    ``ix_repomirrorconfig_ready`` (sync_status, sync_start_date, id): SQLite uses a partial index
+    only when the query repeats its predicate's terms, so keep the two in step. The 0 is written
+    in the SQL, not bound: a planner cannot match ``> $1`` with the index's ``> 0`` in a generic
+    (server-side prepared) plan.
+    """
+    return (
+        C.sync_status == status if status is not None else C.sync_status.in_(READY_STATUSES),
+        C.sync_retries_remaining > literal_column("0"),
+        C.sync_expiration_date.is_(None),
+        C.is_enabled.is_(True),
+    )
+
+
+def ready_clause(now: datetime, status: RepoMirrorStatus | None = None):
+    """Quay's second filter: scheduled, start reached, retries left, no lease, enabled."""
+    return and_(*ready_filters(status), C.sync_start_date <= now)
+
+
+def expired_clause(now: datetime):
+    """The third filter: a SYNCING whose lease ran out (its worker died)."""
+    # Unlike Quay, an expired SYNCING lease is reclaimed whatever the schedule says.
+    return and_(C.sync_status == S.SYNCING, C.sync_expiration_date <= now)
+
+
 def eligible_clause(now: datetime):
     """Quay's three eligibility filters (immediate, ready, expired lease)."""
-    return or_(
-        and_(C.sync_status == S.SYNC_NOW, C.sync_expiration_date.is_(None)),
-        and_(
-            # "not SYNCING and not SYNC_NOW", written as a list so the (sync_status, sync_start_date)
-            # index answers it with a range scan.
-            C.sync_status.in_([S.CANCEL, S.FAIL, S.NEVER_RUN, S.SUCCESS]),
-            C.sync_start_date <= now,
-            C.sync_retries_remaining > 0,
-            C.sync_expiration_date.is_(None),
-            C.is_enabled.is_(True),
-        ),
-        # Unlike Quay, an expired SYNCING lease is reclaimed whatever the schedule says.
-        and_(C.sync_status == S.SYNCING, C.sync_expiration_date <= now),
-    )
+    return or_(immediate_clause(), ready_clause(now), expired_clause(now))
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def test_due_order_state_and_enabled(database, mirrors):
 
 
 def test_due_query_uses_indexes_on_postgresql(pg_database):
-    """3000 mirrors, 5 due: the planner finds them through the (sync_status, sync_start_date) index."""
+    """3000 mirrors, 5 due: the planner finds them through the partial ix_repomirrorconfig_ready index."""
     from sqlalchemy import insert
 
     from quaymirror.accounts.models import User
@@ -183,8 +183,13 @@ def test_due_query_uses_indexes_on_postgresql(pg_database):
         compiled = claims.due_query(utcnow(), 10).compile(pg_database.engine,
                                                           compile_kwargs={"literal_binds": True})
         plan = "\n".join(row[0] for row in conn.execute(text(f"EXPLAIN {compiled}")))
-    assert "ix_repomirrorconfig_due" in plan, plan
+        compiled = claims.next_due_query(utcnow()).compile(pg_database.engine,
+                                                           compile_kwargs={"literal_binds": True})
+        next_plan = "\n".join(row[0] for row in conn.execute(text(f"EXPLAIN {compiled}")))
+    assert "ix_repomirrorconfig_ready" in plan, plan
     assert "Seq Scan on repomirrorconfig" not in plan, plan
+    assert "ix_repomirrorconfig_ready" in next_plan, next_plan
+    assert "Seq Scan on repomirrorconfig" not in next_plan, next_plan
     with pg_database.transaction() as session:
         assert len(claims.due(session, utcnow(), 100)) == 5
 

@@ -2,8 +2,8 @@
 
 * A **pass** (APScheduler job every ``QUAYMIRROR_WORKER_POLL_SECONDS``,
   ``max_instances=1``) reads the due mirrors in one bounded query and claims
-  as many as there are free slots (``QUAYMIRROR_WORKER_CONCURRENCY``); each
-  claimed mirror runs in a thread of its own pool.
+  as many as there are free slots (``QUAYMIRROR_WORKER_CONCURRENCY``) in one
+  transaction; each claimed mirror runs in a thread of its own pool.
 * **Wake-ups** run a pass at once: sync-now in this process
   (``events.subscribe``), sync-now from any process on PostgreSQL (``LISTEN``),
   and a slot that frees up. A wake-up during a pass makes the pass run again.
@@ -235,16 +235,15 @@ class Worker:
             with self.database.transaction() as session:
                 candidates = claims.due(session, utcnow(), limit)
             before = claimed
-            for candidate in candidates:
-                if free <= 0 or self._stopping.is_set():
-                    break
-                if candidate.config_id in self._runs or self._cooling_down(candidate):
-                    continue
+            pending = [c for c in candidates if c.config_id not in self._runs and not self._cooling_down(c)]
+            # As many claims as free slots in one transaction (one commit); again for the slots
+            # left by candidates another worker (or a user) changed meanwhile.
+            while pending and free > 0 and not self._stopping.is_set():
+                batch, pending = pending[:free], pending[free:]
                 with self._lock:
-                    self._claiming += 1  # wait_idle also waits for a claim not launched yet
+                    self._claiming += 1  # wait_idle also waits for claims not launched yet
                 try:
-                    got = claims.claim(self.database, candidate, self.owner, self.settings.lease_seconds)
-                    if got is not None:
+                    for got in claims.claim_many(self.database, batch, self.owner, self.settings.lease_seconds):
                         self._launch(got)
                         claimed += 1
                         free -= 1
