@@ -8,7 +8,7 @@ tests.harness.images. Every trial gets a fresh, empty destination registry.
 * ``skopeo sync``: ``skopeo sync --all --preserve-digests`` of the repository;
 * ``quaymirror``: sync-now -> SUCCESS through a real Worker (embedded SQLite) on the docker:// destination.
 
-    /work/venv/bin/python -m benchmarks.first_sync [--trials 3] [--tag-concurrency N]
+    .venv/bin/python -m benchmarks.first_sync [--trials 3] [--tag-concurrency N]
 
 Goal: quaymirror <= 0.85 x skopeo sync, and faster than the copy loop.
 """

@@ -8,7 +8,7 @@ status leaves SYNC_NOW (SYNCING, or already SUCCESS: then the figure is an upper
 bound), then waits for the sync (one small tag from a loopback registry) to end.
 Quay's worker only looks at the table every ``REPO_MIRROR_INTERVAL`` (30 s).
 
-    /work/venv/bin/python -m benchmarks.pickup [--trials 20] [--backends sqlite,postgresql]
+    .venv/bin/python -m benchmarks.pickup [--trials 20] [--backends sqlite,postgresql]
 
 Goal: p50 <= 0.5 s, p95 <= 1 s.
 """

@@ -9,7 +9,7 @@ filled once per method, then each trial re-syncs with nothing changed upstream:
 * ``HEAD floor``: one manifest HEAD per tag on each side, from Python, one kept-alive connection per side;
 * ``quaymirror``: sync-now -> SUCCESS through a real Worker (embedded SQLite), docker:// destination.
 
-    /work/venv/bin/python -m benchmarks.resync [--trials 5] [--tag-concurrency N]
+    .venv/bin/python -m benchmarks.resync [--trials 5] [--tag-concurrency N]
 
 Goals: quaymirror <= 0.5 x skopeo sync and <= 2 x the HEAD floor.
 """

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
@@ -45,10 +48,11 @@ def bootstrap_admin(settings: Settings) -> str | None:
 
 
 class _Gunicorn(BaseApplication):
-    def __init__(self, settings: Settings, options: dict, with_worker: bool) -> None:
-        self._settings = settings
+    """gunicorn with options from a dict and the WSGI app from ``load`` (called in each worker)."""
+
+    def __init__(self, load: Callable[[], Any], options: dict) -> None:
+        self._load = load
         self._options = options
-        self._with_worker = with_worker
         super().__init__()
 
     def load_config(self) -> None:
@@ -56,14 +60,39 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from quaymirror.app import create_app
+        return self._load()
 
-        app = create_app(self._settings)
-        if self._with_worker:
-            from quaymirror.mirror.worker.runner import start_in_process
 
-            start_in_process(app, self._settings)
-        return app
+def run_gunicorn(load: Callable[[], Any], options: dict) -> None:
+    _Gunicorn(load, options).run()
+
+
+def _load_app(settings: Settings, with_worker: bool):
+    from quaymirror.app import create_app
+
+    app = create_app(settings)
+    if with_worker:
+        from quaymirror.mirror.worker.runner import start_in_process
+
+        start_in_process(app, settings)
+    return app
+
+
+def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
+    """The production server's gunicorn configuration (also the baseline's in benchmarks/api)."""
+    return {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": 60,
+        "graceful_timeout": 4,
+        "keepalive": 5,
+        "accesslog": "-",
+        "errorlog": "-",
+        "loglevel": "info",
+        "preload_app": False,
+    }
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, with_worker: bool = True) -> None:
@@ -76,25 +105,11 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, with_wo
         if token:
             print(f"Created user '{BOOTSTRAP_USER}'. Admin token (also in {settings.instance_path}/admin-token):")
             print(token, flush=True)
-    # The embedded worker lives in the one API process, so sync-now can wake it directly.
-    workers = 1 if with_worker else settings.api_workers
-    options = {
-        "bind": f"{host}:{port}",
-        "workers": workers,
-        "worker_class": "gthread",
-        "threads": 8,
-        "timeout": 60,
-        "graceful_timeout": 4,
-        "keepalive": 5,
-        "accesslog": "-",
-        "errorlog": "-",
-        "loglevel": "info",
-        "preload_app": False,
-    }
+    options = gunicorn_options(host, port, 1 if with_worker else settings.api_workers, settings.api_threads)
     if with_worker:
         options["worker_exit"] = _worker_exit
     print(f"quaymirror listening on http://{host}:{port}", file=sys.stderr, flush=True)
-    _Gunicorn(settings, options, with_worker).run()
+    run_gunicorn(functools.partial(_load_app, settings, with_worker), options)
 
 
 def _worker_exit(_server, _worker) -> None:

@@ -27,7 +27,8 @@ def database() -> Database:
 def session() -> Session:
     """The request's session, opened on first use and closed at teardown."""
     if "db_session" not in g:
-        g.db_session = database().sessionmaker()
+        db = database()
+        g.db_session = db.read_sessionmaker() if request.method in ("GET", "HEAD") else db.sessionmaker()
     return g.db_session
 
 

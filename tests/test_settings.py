@@ -22,6 +22,7 @@ def test_embedded_default(tmp_path, monkeypatch):
     assert settings.ssrf_allowed_hosts == ()
     assert settings.superusers_full_access is False
     assert settings.max_content_length == 1024 * 1024
+    assert (settings.api_workers, settings.api_threads) == (2, 4)
     key_file = tmp_path / "instance" / "secret_key"
     assert settings.secret_key == key_file.read_text().strip()
     assert len(settings.secret_key) >= 32
@@ -103,6 +104,8 @@ def test_boolean_values(raw, value, tmp_path):
     ("STORAGE", "s3://bucket"),
     ("API_WORKERS", "zero"),
     ("API_WORKERS", "0"),
+    ("API_THREADS", "0"),
+    ("API_THREADS", "many"),
 ])
 def test_unusable_values_are_refused_at_start(name, raw, tmp_path):
     env = {"QUAYMIRROR_INSTANCE_PATH": str(tmp_path), "QUAYMIRROR_SECRET_KEY": "k", f"QUAYMIRROR_{name}": raw}

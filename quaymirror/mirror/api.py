@@ -13,6 +13,7 @@ from sqlalchemy.orm import aliased
 from quaymirror import web
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth.permissions import NS, access_params, access_query, decide_repo_role, require_repo_role
+from quaymirror.db import Prepared
 from quaymirror.errors import NotFound
 from quaymirror.mirror import service
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
@@ -61,6 +62,7 @@ _VIEW = (
     .outerjoin(RepoMirrorRule, RepoMirrorRule.id == RepoMirrorConfig.root_rule_id)
     .outerjoin(_ROBOT, _ROBOT.id == RepoMirrorConfig.internal_robot_id)
 )
+_VIEW_PREPARED = Prepared("quaymirror_mirror_view", _VIEW)
 
 
 class _Row:
@@ -85,7 +87,7 @@ def _view(namespace: str, repository: str) -> dict:
     """GET /mirror with one query: the same checks and answers as ``_authorize`` + ``service.describe``."""
     session = web.session()
     caller = web.caller(required=False)
-    row = session.execute(_VIEW, access_params(caller, namespace, repository)).first()
+    row = _VIEW_PREPARED.execute(session, access_params(caller, namespace, repository)).first()
     ns = repo = None
     if row is not None:
         ns = _Row(id=row.ns_id, username=row.ns_username, is_organization=row.ns_is_org)

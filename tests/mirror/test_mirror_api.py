@@ -133,6 +133,29 @@ def test_post_get_exact_answers(client, world, admin):
     assert "external_registry_password" not in raw
 
 
+
+def test_get_survives_the_database_dropping_its_connections(client, world, admin, database, backend):
+    """GET reads through a statement prepared per PostgreSQL connection, from a pool that does not ping
+    (SQLite: plainly). When the server drops the connections (a failover, an idle timeout), at most one
+    GET answers Quay's JSON 503 and the pool is replaced: the next GET prepares again on a new connection
+    and answers, and each GET sees the latest committed PUT."""
+    create(client, admin)
+    first = view(client, admin)
+    assert view(client, admin) == first
+    if backend == "postgresql":
+        with database.engine.connect() as connection:
+            dropped = connection.execute(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+        assert dropped >= 1  # at least the GETs' own pooled connection
+        response = client.get(MIRROR, headers=admin)
+        if response.status_code != 200:
+            assert response.status_code == 503 and response.get_json()["status"] == 503
+    assert view(client, admin) == first
+    assert client.put(MIRROR, json={"sync_interval": 7200}, headers=admin).status_code == 201
+    assert view(client, admin) == {**first, "sync_interval": 7200}
+
+
 def test_post_sets_mirror_state_and_logs(client, world, admin, database):
     assert repo_state(database) == RepositoryState.NORMAL
     create(client, admin)
