@@ -10,6 +10,7 @@ from flask import current_app, g, request
 from marshmallow import Schema, ValidationError
 from sqlalchemy.orm import Session
 
+from quaymirror.auth.models import AccessToken
 from quaymirror.auth.tokens import Caller, current_caller
 from quaymirror.db import Database
 from quaymirror.errors import InvalidRequest
@@ -32,8 +33,8 @@ def session() -> Session:
     return g.db_session
 
 
-def caller(required: bool = True) -> Caller | None:
-    return current_caller(current_app.extensions["quaymirror.protector"], required=required)
+def caller(required: bool = True, found: AccessToken | None | bool = False) -> Caller | None:
+    return current_caller(current_app.extensions["quaymirror.protector"], required=required, found=found)
 
 
 def client_ip() -> str | None:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from quaymirror.accounts.models import OrganizationMember, User
-from quaymirror.auth import scopes
+from quaymirror.auth import scopes, tokens
 from quaymirror.auth.tokens import Caller
 from quaymirror.errors import AuthenticationRequired, Forbidden
 from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission
@@ -94,21 +94,26 @@ NS = _NS  # the namespace alias of access_query(), for callers selecting its col
 ACCESS_ENTITIES = (_NS, Repository, OrganizationMember.role, RepositoryPermission.role)
 
 
-def access_query(*extra: Any, columns: tuple = ACCESS_ENTITIES):
+def access_query(*extra: Any, columns: tuple = ACCESS_ENTITIES, authenticate: bool = False):
     """``SELECT ns, repository, org role, permission role [, extra]`` for one ns/repo and one caller.
 
     Bind parameters: ``ns`` (namespace name), ``repo`` (repository name), ``uid`` (caller id, -1
     when anonymous). ``extra`` entities must be outer-joined by the caller of this function;
     ``columns`` replaces the first four (e.g. plain columns of ``NS``, ``Repository`` and the roles).
+    ``authenticate``: the caller is the bearer token whose hash is bind parameter ``digest`` instead
+    of ``uid``, its token and user selected too (``tokens.caller_columns``, read by ``tokens.token_in``).
     """
+    uid = tokens.CALLER_ID if authenticate else bindparam("uid")
+    query = select(*columns, *(tokens.caller_columns() if authenticate else ()), *extra).select_from(_NS)
+    if authenticate:
+        query = tokens.join_caller(query)
     return (
-        select(*columns, *extra)
-        .select_from(_NS)
+        query
         .outerjoin(Repository, and_(Repository.namespace_id == _NS.id, Repository.name == bindparam("repo")))
         .outerjoin(OrganizationMember, and_(OrganizationMember.organization_id == _NS.id,
-                                            OrganizationMember.user_id == bindparam("uid")))
+                                            OrganizationMember.user_id == uid))
         .outerjoin(RepositoryPermission, and_(RepositoryPermission.repository_id == Repository.id,
-                                              RepositoryPermission.user_id == bindparam("uid")))
+                                              RepositoryPermission.user_id == uid))
         .where(_NS.username == bindparam("ns"), _NS.is_robot == false())
         .limit(1)
     )

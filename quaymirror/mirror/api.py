@@ -12,7 +12,8 @@ from sqlalchemy.orm import aliased
 
 from quaymirror import web
 from quaymirror.accounts.models import OrganizationMember, User
-from quaymirror.auth.permissions import NS, access_params, access_query, decide_repo_role, require_repo_role
+from quaymirror.auth import tokens
+from quaymirror.auth.permissions import NS, access_query, decide_repo_role, require_repo_role
 from quaymirror.db import Prepared
 from quaymirror.errors import NotFound
 from quaymirror.mirror import service
@@ -51,6 +52,7 @@ _VIEW = (
         *(getattr(RepoMirrorConfig, name) for name in _CONFIG_COLUMNS),
         RepoMirrorRule.rule_value_json.label("rule_value_json"),
         _ROBOT.username.label("robot_username"),
+        authenticate=True,
         columns=(
             NS.id.label("ns_id"), NS.username.label("ns_username"), NS.is_organization.label("ns_is_org"),
             Repository.id.label("repo_id"), Repository.name.label("repo_name"),
@@ -84,10 +86,15 @@ class _RepositoryRow(_Row):
 
 
 def _view(namespace: str, repository: str) -> dict:
-    """GET /mirror with one query: the same checks and answers as ``_authorize`` + ``service.describe``."""
+    """GET /mirror with one query: the same checks and answers as ``_authorize`` + ``service.describe``.
+
+    The statement authenticates the bearer token too; only when the namespace does not exist (no row)
+    is the token looked up on its own, to tell 401 from 403.
+    """
     session = web.session()
-    caller = web.caller(required=False)
-    row = _VIEW_PREPARED.execute(session, access_params(caller, namespace, repository)).first()
+    row = _VIEW_PREPARED.execute(session, {"ns": namespace, "repo": repository,
+                                           "digest": tokens.request_digest()}).first()
+    caller = web.caller(required=False, found=tokens.token_in(row) if row is not None else False)
     ns = repo = None
     if row is not None:
         ns = _Row(id=row.ns_id, username=row.ns_username, is_organization=row.ns_is_org)

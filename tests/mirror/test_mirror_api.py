@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import delete, select, text, update
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select, text, update
 
 from quaymirror import audit
 from quaymirror.accounts.models import User
@@ -210,6 +210,34 @@ def test_permissions_come_before_the_body(client, world):
         response = client.post(MIRROR, data="not json", content_type="application/json",
                                headers=world.headers(label))
         assert response.status_code == status, label
+
+
+def test_get_authenticates_in_its_own_read_as_everywhere_else(client, world, admin, database):
+    """GET /mirror reads the bearer token in the same statement as the configuration: the same answers
+    as the plain lookup for every kind of token, in existing and missing namespaces, and a token stops
+    working as soon as it expires or is deleted."""
+    from quaymirror.auth.models import AccessToken
+    from quaymirror.auth.tokens import hash_token
+
+    create(client, admin)
+    world.token("late", "devtable", "repo:admin", expires_in=3600)
+    cases = [
+        ({}, 401), ({"Authorization": "Bearer nope"}, 401), ({"Authorization": "Basic abc"}, 401),
+        ({"Authorization": "Bearer"}, 401), ({"Authorization": f"bearer {world.tokens['admin']}"}, 200),
+        (world.headers("read"), 403), (world.headers("reader"), 403), (admin, 200), (world.headers("late"), 200),
+    ]
+    for headers, status in cases:
+        assert client.get(MIRROR, headers=headers).status_code == status, headers
+        missing = client.get("/api/v1/repository/nosuchns/simple/mirror", headers=headers)
+        assert missing.status_code == (401 if status == 401 else 403), headers
+    with database.transaction() as s:
+        late = s.scalars(select(AccessToken).where(AccessToken.token_hash == hash_token(world.tokens["late"]))).one()
+        late.expires_at = utcnow() - timedelta(seconds=1)
+    response = client.get(MIRROR, headers=world.headers("late"))
+    assert response.status_code == 401 and response.get_json()["error_type"] == "invalid_token"
+    with database.transaction() as s:
+        s.execute(delete(AccessToken).where(AccessToken.token_hash == hash_token(world.tokens["admin"])))
+    assert client.get(MIRROR, headers=admin).status_code == 401
 
 
 def test_undecryptable_username_is_shown_as_quay_intends(client, world, admin, database):
