@@ -143,9 +143,11 @@ class Prepared:
         return self._compiled
 
     def execute(self, session: Session, params: dict[str, Any]) -> Result:
+        # On the session's connection, past the ORM's execution layer: plain rows need none of it (so
+        # the statement's columns are keyed by their labels, as the textual call's are).
         connection = session.connection()
         if connection.dialect.name != "postgresql":
-            return session.execute(self.statement, params)
+            return connection.execute(self.statement, params)
         prepare, defaults, call = self._compile(connection.dialect)
         dbapi_connection = connection.connection.dbapi_connection
         with self._lock:
@@ -154,7 +156,7 @@ class Prepared:
             connection.exec_driver_sql(prepare.replace("%", "%%"))
             with self._lock:
                 self._done[dbapi_connection] = True
-        return session.execute(call, {**defaults, **params})
+        return connection.execute(call, {**defaults, **params})
 
 
 def alembic_config(url: str):

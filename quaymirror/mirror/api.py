@@ -49,7 +49,7 @@ _CONFIG_COLUMNS = (
 _VIEW = (
     access_query(
         RepoMirrorConfig.id.label("config_id"),
-        *(getattr(RepoMirrorConfig, name) for name in _CONFIG_COLUMNS),
+        *(getattr(RepoMirrorConfig, name).label(name) for name in _CONFIG_COLUMNS),
         RepoMirrorRule.rule_value_json.label("rule_value_json"),
         _ROBOT.username.label("robot_username"),
         authenticate=True,
