@@ -135,12 +135,13 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
 
     @app.teardown_appcontext
     def _close_session(_exc) -> None:
-        session = g.pop("db_session", None)
-        if session is not None:
-            try:
-                session.close()
-            except sa_exc.SQLAlchemyError:  # the connection died with the database; nothing to release
-                log.debug("closing a session whose connection is gone", exc_info=True)
+        for key in ("db_session", "db_read"):
+            opened = g.pop(key, None)
+            if opened is not None:
+                try:
+                    opened.close()
+                except sa_exc.SQLAlchemyError:  # the connection died with the database; nothing to release
+                    log.debug("closing a %s whose connection is gone", key, exc_info=True)
 
     @app.get("/healthz")
     def healthz():

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import MetaData, Select, column, create_engine, event, text
-from sqlalchemy.engine import Engine, Result
+from sqlalchemy.engine import Connection, Engine, Result
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 # Stable constraint names so alembic migrations are identical on SQLite and PostgreSQL.
@@ -142,10 +142,8 @@ class Prepared:
             self._compiled = (f"PREPARE {self.name} AS {body}", dict(compiled.params), call)
         return self._compiled
 
-    def execute(self, session: Session, params: dict[str, Any]) -> Result:
-        # On the session's connection, past the ORM's execution layer: plain rows need none of it (so
-        # the statement's columns are keyed by their labels, as the textual call's are).
-        connection = session.connection()
+    def execute(self, connection: Connection, params: dict[str, Any]) -> Result:
+        # Plain rows, no ORM: the statement's columns are keyed by their labels, as the textual call's are.
         if connection.dialect.name != "postgresql":
             return connection.execute(self.statement, params)
         prepare, defaults, call = self._compile(connection.dialect)

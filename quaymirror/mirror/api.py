@@ -91,8 +91,7 @@ def _view(namespace: str, repository: str) -> dict:
     The statement authenticates the bearer token too; only when the namespace does not exist (no row)
     is the token looked up on its own, to tell 401 from 403.
     """
-    session = web.session()
-    row = _VIEW_PREPARED.execute(session, {"ns": namespace, "repo": repository,
+    row = _VIEW_PREPARED.execute(web.read_connection(), {"ns": namespace, "repo": repository,
                                            "digest": tokens.request_digest()}).first()
     caller = web.caller(required=False, found=tokens.token_in(row) if row is not None else False)
     ns = repo = None
