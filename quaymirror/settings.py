@@ -123,9 +123,10 @@ class Settings:
     # Sync runs kept per repository in the history tables.
     history_keep: int = 50
     api_workers: int = 2
-    # Threads per gunicorn process: 4 gave the best throughput and p99 under 32 keep-alive clients on
-    # 2 cores (8 queue more requests behind the GIL; benchmarks/api).
-    api_threads: int = 4
+    # Threads per gunicorn process: 1-3 gave the best throughput and p99 under 32 keep-alive clients on
+    # 2 cores, 4-8 queue requests behind the GIL (benchmarks/api); 2 keeps one slow request (DNS) from
+    # holding a process.
+    api_threads: int = 2
     # ``quaymirror worker`` serves Prometheus /metrics here (0: not at all).
     metrics_port: int = 9108
     metrics_host: str = "127.0.0.1"
@@ -177,7 +178,7 @@ class Settings:
             ),
             history_keep=int(_number("HISTORY_KEEP", get("HISTORY_KEEP"), 50, int, 1)),
             api_workers=int(_number("API_WORKERS", get("API_WORKERS"), 2, int, 1)),
-            api_threads=int(_number("API_THREADS", get("API_THREADS"), 4, int, 1)),
+            api_threads=int(_number("API_THREADS", get("API_THREADS"), 2, int, 1)),
             metrics_port=int(_number("METRICS_PORT", get("METRICS_PORT"), 9108, int, 0)),
             metrics_host=get("METRICS_HOST") or "127.0.0.1",
             worker_replicas=_optional_int("WORKER_REPLICAS", get("WORKER_REPLICAS"), 1),

@@ -22,7 +22,7 @@ def test_embedded_default(tmp_path, monkeypatch):
     assert settings.ssrf_allowed_hosts == ()
     assert settings.superusers_full_access is False
     assert settings.max_content_length == 1024 * 1024
-    assert (settings.api_workers, settings.api_threads) == (2, 4)
+    assert (settings.api_workers, settings.api_threads) == (2, 2)
     key_file = tmp_path / "instance" / "secret_key"
     assert settings.secret_key == key_file.read_text().strip()
     assert len(settings.secret_key) >= 32
