@@ -105,6 +105,14 @@ class Database:
         self.read_engine.dispose()
 
 
+class Plain:
+    """Attribute access over values read from a row, for read-only paths where building ORM instances
+    would cost more than the read itself (GET /mirror)."""
+
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
 class Prepared:
     """A hot read that PostgreSQL plans once per connection instead of once per request.
 

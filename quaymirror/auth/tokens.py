@@ -7,7 +7,6 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2 import OAuth2Error
@@ -19,7 +18,7 @@ from sqlalchemy.orm import Session, aliased, joinedload
 from quaymirror.accounts.models import User
 from quaymirror.auth import scopes as scope_names
 from quaymirror.auth.models import AccessToken
-from quaymirror.db import utcnow
+from quaymirror.db import Plain, utcnow
 from quaymirror.errors import AuthenticationRequired
 
 TOKEN_BYTES = 30
@@ -148,14 +147,7 @@ def caller_columns() -> tuple:
             *(getattr(_CALLER, key).label(f"caller_user_{key}") for key in _USER_KEYS))
 
 
-class _Detached:
-    """Plain attributes of a row: building ORM instances cost more than the rest of the read."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__.update(values)
-
-
-class _DetachedToken(_Detached):
+class _DetachedToken(Plain):
     # The validator interface, AccessToken's own rules.
     get_scope = AccessToken.get_scope
     is_expired = AccessToken.is_expired
@@ -167,8 +159,8 @@ def token_in(row) -> AccessToken | None:
     objects with the models' attributes (enough for the permission rules, never for a write)."""
     if getattr(row, "caller_token_id", None) is None:
         return None
-    token = _DetachedToken({key: getattr(row, f"caller_token_{key}") for key in _TOKEN_KEYS})
-    token.user = _Detached({key: getattr(row, f"caller_user_{key}") for key in _USER_KEYS})
+    token = _DetachedToken(**{key: getattr(row, f"caller_token_{key}") for key in _TOKEN_KEYS})
+    token.user = Plain(**{key: getattr(row, f"caller_user_{key}") for key in _USER_KEYS})
     return token  # type: ignore[return-value]
 
 

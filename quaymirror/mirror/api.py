@@ -14,7 +14,7 @@ from quaymirror import web
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import tokens
 from quaymirror.auth.permissions import NS, access_query, decide_repo_role, require_repo_role
-from quaymirror.db import Prepared
+from quaymirror.db import Plain, Prepared
 from quaymirror.errors import NotFound
 from quaymirror.mirror import service
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
@@ -67,21 +67,14 @@ _VIEW = (
 _VIEW_PREPARED = Prepared("quaymirror_mirror_view", _VIEW)
 
 
-class _Row:
-    """Attribute access over plain values, for the read-only objects of ``_view``."""
-
-    def __init__(self, **values) -> None:
-        self.__dict__.update(values)
-
-
-class _ConfigRow(_Row):
+class _ConfigRow(Plain):
     # The model's own JSON decoding, so the answer is the same as from an ORM instance.
     external_registry_config = RepoMirrorConfig.external_registry_config
     architecture_filter = RepoMirrorConfig.architecture_filter
     rule_value = RepoMirrorRule.rule_value
 
 
-class _RepositoryRow(_Row):
+class _RepositoryRow(Plain):
     full_name = Repository.full_name
 
 
@@ -96,7 +89,7 @@ def _view(namespace: str, repository: str) -> dict:
     caller = web.caller(required=False, found=tokens.token_in(row) if row is not None else False)
     ns = repo = None
     if row is not None:
-        ns = _Row(id=row.ns_id, username=row.ns_username, is_organization=row.ns_is_org)
+        ns = Plain(id=row.ns_id, username=row.ns_username, is_organization=row.ns_is_org)
         if row.repo_id is not None:
             repo = _RepositoryRow(id=row.repo_id, name=row.repo_name, visibility=row.repo_visibility,
                                   state=row.repo_state, namespace=ns)
@@ -107,7 +100,7 @@ def _view(namespace: str, repository: str) -> dict:
         raise NotFound()
     config = _ConfigRow(**{name: getattr(row, name) for name in _CONFIG_COLUMNS})
     config.root_rule = _ConfigRow(rule_value_json=row.rule_value_json)
-    config.internal_robot = _Row(username=row.robot_username) if row.robot_username is not None else None
+    config.internal_robot = Plain(username=row.robot_username) if row.robot_username is not None else None
     return service.describe_config(config, repo, _box())
 
 
