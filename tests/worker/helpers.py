@@ -18,11 +18,13 @@ from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
+from quaymirror.accounts.models import User
 from quaymirror.db import Database, utcnow
 from quaymirror.mirror.history import SyncRun, SyncTag
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus
+from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.security.secrets import SecretBox
 
 # ---------------------------------------------------------------- mirror rows
@@ -293,3 +295,31 @@ class ProcSampler:
     def __exit__(self, *_exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def bulk_configs(database: Database, rows: list[dict]) -> list[int]:
+    """One repository (``state`` in the row, MIRROR by default) + rule + config per row; the config ids."""
+    now = utcnow()
+    with database.transaction() as session:
+        owner = User(username="bulk")
+        session.add(owner)
+        session.flush()
+        robot = User(username="bulk+mirror", is_robot=True, robot_namespace_id=owner.id)
+        session.add(robot)
+        session.flush()
+        repo_ids = session.scalars(insert(Repository).returning(Repository.id, sort_by_parameter_order=True), [
+            {"namespace_id": owner.id, "name": f"r{i}", "visibility": "private", "description": "", "kind": "image",
+             "state": int(row.get("state", RepositoryState.MIRROR)), "created": now}
+            for i, row in enumerate(rows)]).all()
+        rule_ids = session.scalars(insert(RepoMirrorRule).returning(RepoMirrorRule.id, sort_by_parameter_order=True), [
+            {"uuid": f"u{i}", "repository_id": rid, "creation_date": now, "rule_type": 1, "rule_value_json": '["*"]'}
+            for i, rid in enumerate(repo_ids)]).all()
+        config_ids = session.scalars(insert(RepoMirrorConfig).returning(RepoMirrorConfig.id,
+                                                                        sort_by_parameter_order=True), [
+            {"repository_id": rid, "creation_date": now, "is_enabled": True, "mirror_type": 1,
+             "internal_robot_id": robot.id, "external_reference": "quay.io/a/b", "external_registry_config_json": "{}",
+             "architecture_filter_json": "[]", "sync_interval": 3600, "sync_retries_remaining": 3,
+             "sync_status": int(RepoMirrorStatus.SUCCESS), "sync_transaction_id": f"t{i}", "root_rule_id": rule_id,
+             "skopeo_timeout": 300, **{k: v for k, v in row.items() if k != "state"}}
+            for i, (row, rid, rule_id) in enumerate(zip(rows, repo_ids, rule_ids, strict=True))]).all()
+    return list(config_ids)

@@ -18,46 +18,18 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import case, event, func, insert, select, update
+from sqlalchemy import case, event, func, select, update
 
-from quaymirror.accounts.models import User
 from quaymirror.db import utcnow
 from quaymirror.mirror import status
 from quaymirror.mirror.history import SyncRun
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus
+from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker import claims
 from quaymirror.repositories.models import Repository, RepositoryState
+from tests.worker.helpers import bulk_configs
 
 S = RepoMirrorStatus
 C = RepoMirrorConfig
-
-
-def _bulk(database, rows: list[dict]) -> list[int]:
-    """One repository (``state`` in the row, MIRROR by default) + rule + config per row; the config ids."""
-    now = utcnow()
-    with database.transaction() as session:
-        owner = User(username="bulk")
-        session.add(owner)
-        session.flush()
-        robot = User(username="bulk+mirror", is_robot=True, robot_namespace_id=owner.id)
-        session.add(robot)
-        session.flush()
-        repo_ids = session.scalars(insert(Repository).returning(Repository.id, sort_by_parameter_order=True), [
-            {"namespace_id": owner.id, "name": f"r{i}", "visibility": "private", "description": "", "kind": "image",
-             "state": int(row.get("state", RepositoryState.MIRROR)), "created": now}
-            for i, row in enumerate(rows)]).all()
-        rule_ids = session.scalars(insert(RepoMirrorRule).returning(RepoMirrorRule.id, sort_by_parameter_order=True), [
-            {"uuid": f"u{i}", "repository_id": rid, "creation_date": now, "rule_type": 1, "rule_value_json": '["*"]'}
-            for i, rid in enumerate(repo_ids)]).all()
-        config_ids = session.scalars(insert(RepoMirrorConfig).returning(RepoMirrorConfig.id,
-                                                                        sort_by_parameter_order=True), [
-            {"repository_id": rid, "creation_date": now, "is_enabled": True, "mirror_type": 1,
-             "internal_robot_id": robot.id, "external_reference": "quay.io/a/b", "external_registry_config_json": "{}",
-             "architecture_filter_json": "[]", "sync_interval": 3600, "sync_retries_remaining": 3,
-             "sync_status": int(S.SUCCESS), "sync_transaction_id": f"t{i}", "root_rule_id": rule_id,
-             "skopeo_timeout": 300, **{k: v for k, v in row.items() if k != "state"}}
-            for i, (row, rid, rule_id) in enumerate(zip(rows, repo_ids, rule_ids, strict=True))]).all()
-    return list(config_ids)
 
 
 def _matrix(now) -> list[dict]:
@@ -91,7 +63,7 @@ def _one_or(session, now, limit: int) -> list[int]:
 
 def test_due_answers_exactly_quays_three_filters(database):
     now = utcnow()
-    _bulk(database, _matrix(now))
+    bulk_configs(database, _matrix(now))
     with database.transaction() as session:
         every = _one_or(session, now, 10_000)
         assert len(every) > 20  # the matrix has due rows of every kind
@@ -104,7 +76,7 @@ def test_due_answers_exactly_quays_three_filters(database):
 def test_next_due_is_the_first_start_the_ready_filter_selects_or_the_first_lease_expiry(database):
     now = utcnow()
     rows = _matrix(now)
-    _bulk(database, rows)
+    bulk_configs(database, rows)
     with database.transaction() as session:
         configs = session.execute(select(C.sync_status, C.sync_start_date, C.sync_expiration_date, C.is_enabled,
                                          C.sync_retries_remaining)).all()
@@ -145,7 +117,7 @@ def test_due_and_next_due_read_the_ready_index_and_never_scan_the_table_on_sqlit
     if backend != "sqlite":
         pytest.skip("PostgreSQL's plans depend on its statistics: test_due_query_uses_indexes_on_postgresql")
     now = utcnow()
-    _bulk(database, _matrix(now) + [{"sync_start_date": now + timedelta(days=1)}] * 300)
+    bulk_configs(database, _matrix(now) + [{"sync_start_date": now + timedelta(days=1)}] * 300)
     due_plan = _sqlite_plan(database, lambda session: claims.due(session, utcnow(), 8))
     next_plan = _sqlite_plan(database, lambda session: claims.next_due(session, utcnow()))
     for plan in (due_plan, next_plan):
@@ -156,7 +128,7 @@ def test_due_and_next_due_read_the_ready_index_and_never_scan_the_table_on_sqlit
 
 def test_claim_many_claims_in_one_transaction_in_the_candidates_order(database):
     now = utcnow()
-    ids = _bulk(database, [{"sync_start_date": now - timedelta(minutes=m)} for m in (40, 30, 20, 10)])
+    ids = bulk_configs(database, [{"sync_start_date": now - timedelta(minutes=m)} for m in (40, 30, 20, 10)])
     with database.transaction() as session:
         candidates = claims.due(session, utcnow(), 10)
     assert [c.config_id for c in candidates] == ids
@@ -191,7 +163,7 @@ def test_concurrent_batches_claim_each_mirror_exactly_once(database):
     them; on PostgreSQL the rows are locked by increasing id, so the two batches never deadlock.
     """
     now = utcnow()
-    ids = _bulk(database, [{"sync_start_date": now - timedelta(minutes=m)} for m in range(12, 0, -1)])
+    ids = bulk_configs(database, [{"sync_start_date": now - timedelta(minutes=m)} for m in range(12, 0, -1)])
     for round_ in range(4):
         with database.transaction() as session:  # due again, as after a successful run
             for config_id in ids:
@@ -231,7 +203,7 @@ def test_a_pass_claims_its_free_slots_in_one_transaction(database, make_worker, 
     """Three free slots, five due mirrors: the three first, in one claim transaction; a candidate
     changed since the read is replaced by the next one in a second transaction."""
     now = utcnow()
-    ids = _bulk(database, [{"sync_start_date": now - timedelta(minutes=m)} for m in (50, 40, 30, 20, 10)])
+    ids = bulk_configs(database, [{"sync_start_date": now - timedelta(minutes=m)} for m in (50, 40, 30, 20, 10)])
     worker = make_worker(worker_concurrency=3)
     launched: list = []
     monkeypatch.setattr(worker, "_launch", launched.append)  # no sync: only find and claim

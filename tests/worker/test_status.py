@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from quaymirror.db import utcnow
 from quaymirror.mirror import status
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker import claims
 from quaymirror.repositories.models import Repository, RepositoryState
+from tests.worker.helpers import bulk_configs
 
 S = RepoMirrorStatus
 
@@ -147,36 +148,11 @@ def test_due_order_state_and_enabled(database, mirrors):
 
 def test_due_query_uses_indexes_on_postgresql(pg_database):
     """3000 mirrors, 5 due: the planner finds them through the partial ix_repomirrorconfig_ready index."""
-    from sqlalchemy import insert
-
-    from quaymirror.accounts.models import User
-    from quaymirror.mirror.models import RepoMirrorRule
-
     now = utcnow()
-    with pg_database.transaction() as session:
-        owner = User(username="bulk")
-        session.add(owner)
-        session.flush()
-        robot = User(username="bulk+mirror", is_robot=True, robot_namespace_id=owner.id)
-        session.add(robot)
-        session.flush()
-        n = 3000
-        session.execute(insert(Repository), [
-            {"namespace_id": owner.id, "name": f"r{i}", "visibility": "private", "description": "", "kind": "image",
-             "state": int(RepositoryState.MIRROR), "created": now} for i in range(n)])
-        repo_ids = [r for (r,) in session.execute(select(Repository.id).order_by(Repository.id))]
-        session.execute(insert(RepoMirrorRule), [
-            {"uuid": f"u{i}", "repository_id": rid, "creation_date": now, "rule_type": 1, "rule_value_json": '["*"]'}
-            for i, rid in enumerate(repo_ids)])
-        rule_ids = [r for (r,) in session.execute(select(RepoMirrorRule.id).order_by(RepoMirrorRule.id))]
-        session.execute(insert(RepoMirrorConfig), [
-            {"repository_id": rid, "creation_date": now, "is_enabled": True, "mirror_type": 1,
-             "internal_robot_id": robot.id, "external_reference": "quay.io/a/b", "external_registry_config_json": "{}",
-             "architecture_filter_json": "[]", "sync_interval": 3600, "sync_retries_remaining": 3,
-             "sync_status": int(S.SUCCESS) if i >= 5 else int(S.FAIL), "sync_transaction_id": f"t{i}",
-             "root_rule_id": rule_id, "skopeo_timeout": 300,
-             "sync_start_date": now + timedelta(hours=1) if i >= 5 else now - timedelta(minutes=i)}
-            for i, (rid, rule_id) in enumerate(zip(repo_ids, rule_ids, strict=True))])
+    bulk_configs(pg_database, [
+        {"sync_status": int(S.SUCCESS) if i >= 5 else int(S.FAIL),
+         "sync_start_date": now + timedelta(hours=1) if i >= 5 else now - timedelta(minutes=i)}
+        for i in range(3000)])
     with pg_database.engine.connect() as conn:
         conn.execute(text("ANALYZE"))
         conn.commit()
