@@ -23,12 +23,12 @@ from pathlib import Path
 
 from benchmarks.common import (
     ROOT,
+    bench_account,
+    create_bench_mirror,
     database,
     free_port,
-    http,
     median,
     process,
-    quaymirror_cli,
     table,
     wait_http,
 )
@@ -73,23 +73,15 @@ def mirror_server(backend: str, workdir: Path) -> Iterator[tuple[str, str | None
     with database(backend, instance) as url:
         env = {**os.environ, "QUAYMIRROR_INSTANCE_PATH": str(instance), "QUAYMIRROR_DATABASE_URL": url,
                "QUAYMIRROR_API_WORKERS": str(API_WORKERS), "QUAYMIRROR_SSRF_ALLOWED_HOSTS": "127.0.0.1"}
-        quaymirror_cli(env, "db", "upgrade")
-        quaymirror_cli(env, "user", "create", "bench")
-        quaymirror_cli(env, "repo", "create", "bench/app", "--state", "MIRROR")
-        quaymirror_cli(env, "robot", "create", "bench+mirror")
-        token = quaymirror_cli(env, "token", "create", "--user", "bench", "--scope", "repo:admin")
+        token = bench_account(env)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         cmd = [sys.executable, "-m", "quaymirror.cli", "serve", "--port", str(port), "--no-worker"]
         with process(cmd, env=env, log=workdir / f"api-{backend}.log"):
             wait_http(f"{base}/healthz")
-            status, body = http("POST", f"{base}/api/v1/repository/bench/app/mirror", token, {
-                "external_reference": "127.0.0.1:5000/upstream/app", "robot_username": "bench+mirror",
-                "root_rule": {"rule_kind": "tag_glob_csv", "rule_value": ["v*"]}, "sync_interval": 86400,
-                "sync_start_date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "skopeo_timeout_interval": 300, "is_enabled": False})
-            if status != 201:
-                raise RuntimeError(f"creating the mirror failed: {status} {body[:300]!r}")
+            create_bench_mirror(base, token, external_reference="127.0.0.1:5000/upstream/app",
+                                root_rule={"rule_kind": "tag_glob_csv", "rule_value": ["v*"]}, sync_interval=86400,
+                                sync_start_date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), is_enabled=False)
             yield f"{base}/api/v1/repository/bench/app/mirror", token
 
 

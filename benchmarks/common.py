@@ -62,6 +62,24 @@ def quaymirror_cli(env: dict[str, str], *args: str) -> str:
     return result.stdout.strip()
 
 
+def bench_account(env: dict[str, str]) -> str:
+    """Migrate, then user ``bench``, repository ``bench/app`` (MIRROR) and robot ``bench+mirror``;
+    return a ``repo:admin`` token of ``bench``."""
+    quaymirror_cli(env, "db", "upgrade")
+    quaymirror_cli(env, "user", "create", "bench")
+    quaymirror_cli(env, "repo", "create", "bench/app", "--state", "MIRROR")
+    quaymirror_cli(env, "robot", "create", "bench+mirror")
+    return quaymirror_cli(env, "token", "create", "--user", "bench", "--scope", "repo:admin")
+
+
+def create_bench_mirror(base: str, token: str, **fields: object) -> None:
+    """POST the mirror of ``bench/app`` (robot ``bench+mirror``, 300 s skopeo timeout, ``fields``)."""
+    status, body = http("POST", f"{base}/api/v1/repository/bench/app/mirror", token, {
+        "robot_username": "bench+mirror", "skopeo_timeout_interval": 300, **fields})
+    if status != 201:
+        raise RuntimeError(f"creating the mirror failed: {status} {body[:300]!r}")
+
+
 @contextlib.contextmanager
 def database(backend: str, instance: Path) -> Iterator[str]:
     """A fresh database URL for ``backend`` ("sqlite" or "postgresql"), dropped afterwards."""

@@ -26,13 +26,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from benchmarks.common import (
+    bench_account,
+    create_bench_mirror,
     database,
     free_port,
     http,
     median,
     percentile,
     process,
-    quaymirror_cli,
     table,
     wait_http,
 )
@@ -67,11 +68,7 @@ def trials(backend: str, upstream: str, count: int, workdir: Path) -> list[float
                "QUAYMIRROR_API_WORKERS": "2", "QUAYMIRROR_SSRF_ALLOWED_HOSTS": "127.0.0.1",
                "QUAYMIRROR_STORAGE": f"oci:{instance / 'storage'}", "QUAYMIRROR_METRICS_PORT": "0",
                "QUAYMIRROR_RETRY_SECONDS": "0"}
-        quaymirror_cli(env, "db", "upgrade")
-        quaymirror_cli(env, "user", "create", "bench")
-        quaymirror_cli(env, "repo", "create", "bench/app", "--state", "MIRROR")
-        quaymirror_cli(env, "robot", "create", "bench+mirror")
-        token = quaymirror_cli(env, "token", "create", "--user", "bench", "--scope", "repo:admin")
+        token = bench_account(env)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         serve = [sys.executable, "-m", "quaymirror.cli", "serve", "--port", str(port)]
@@ -82,13 +79,9 @@ def trials(backend: str, upstream: str, count: int, workdir: Path) -> list[float
         stack.enter_context(process(serve, env=env, log=workdir / f"serve-{backend}.log"))
         wait_http(f"{base}/healthz")
         tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        status, body = http("POST", f"{base}/api/v1/repository/bench/app/mirror", token, {
-            "external_reference": upstream, "robot_username": "bench+mirror",
-            "root_rule": {"rule_kind": "tag_glob_csv", "rule_value": ["*"]}, "sync_interval": 86400,
-            "sync_start_date": tomorrow, "skopeo_timeout_interval": 300, "is_enabled": True,
-            "external_registry_config": {"verify_tls": False}})
-        if status != 201:
-            raise RuntimeError(f"creating the mirror failed: {status} {body[:300]!r}")
+        create_bench_mirror(base, token, external_reference=upstream,
+                            root_rule={"rule_kind": "tag_glob_csv", "rule_value": ["*"]}, sync_interval=86400,
+                            sync_start_date=tomorrow, is_enabled=True, external_registry_config={"verify_tls": False})
         time.sleep(1)  # let the worker finish starting (its first pass)
         latencies = []
         for _ in range(count):
