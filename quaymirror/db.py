@@ -143,7 +143,8 @@ class Prepared:
                     order.append(match.group(1))
                 return f"${order.index(match.group(1)) + 1}"
 
-            body = self._BIND.sub(number, compiled.string).replace("%%", "%")
+            # The body keeps the compiler's %% escapes: exec_driver_sql hands it to psycopg2's formatting.
+            body = self._BIND.sub(number, compiled.string)
             # Matched by position, keyed and typed as the statement's own rows (ORM attribute keys).
             call = text(f"EXECUTE {self.name}({', '.join(f':{n}' for n in order)})").columns(
                 *(column(key, col.type) for key, col in self.statement.selected_columns.items()))
@@ -159,7 +160,7 @@ class Prepared:
         with self._lock:
             ready = self._done.get(dbapi_connection, False)
         if not ready:
-            connection.exec_driver_sql(prepare.replace("%", "%%"))
+            connection.exec_driver_sql(prepare)
             with self._lock:
                 self._done[dbapi_connection] = True
         return connection.execute(call, {**defaults, **params})
