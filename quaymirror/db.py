@@ -5,14 +5,17 @@ from __future__ import annotations
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import MetaData, Select, column, create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, Result
+from sqlalchemy import MetaData, Select, create_engine, event, text
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import PoolProxiedConnection
 
 # Stable constraint names so alembic migrations are identical on SQLite and PostgreSQL.
 NAMING = {
@@ -53,7 +56,9 @@ def make_engine(url: str, autocommit: bool = False) -> Engine:
     # The read pool pings no connection before use: on a busy machine each round trip costs as much as
     # a query. A connection the server dropped fails one GET with a 503 and makes the pool replace every
     # connection it held (SQLAlchemy invalidates the pool on a disconnect); writes keep the ping.
-    options = {"isolation_level": "AUTOCOMMIT", "pool_pre_ping": False} if autocommit else {"pool_pre_ping": True}
+    # Nor does it roll back a returned connection: in autocommit there is no transaction to end.
+    options = ({"isolation_level": "AUTOCOMMIT", "pool_pre_ping": False, "pool_reset_on_return": None}
+               if autocommit else {"pool_pre_ping": True})
     return create_engine(url, pool_size=10, max_overflow=20, pool_timeout=10, connect_args=connect_args, **options)
 
 
@@ -114,12 +119,15 @@ class Plain:
 
 
 class Prepared:
-    """A hot read that PostgreSQL plans once per connection instead of once per request.
+    """A hot read run on the pooled DBAPI connection itself, planned once per connection.
 
-    Planning the seven-table read of GET /mirror cost PostgreSQL 0.83 ms of its 1.1 ms, and
-    psycopg2 never prepares server-side; so each pooled connection runs ``PREPARE`` once and
-    then ``EXECUTE``. The answer is typed by the statement's own columns, so rows read exactly
-    as from ``session.execute(statement)``, which is what every other database runs.
+    GET /mirror is one statement, and SQLAlchemy's execution around it (cache lookup, execution
+    context, Result, Row) cost more Python time than the database spent answering; on PostgreSQL,
+    planning the seven-table join cost 0.83 ms of 1.1 ms, and psycopg2 never prepares server-side.
+    So the statement is compiled once per dialect, each PostgreSQL connection runs ``PREPARE`` once
+    and then ``EXECUTE`` (SQLite's driver caches its statements itself), and the row's values pass
+    through the columns' own result processors, so they read exactly as from ``session.execute``.
+    DBAPI errors leave as SQLAlchemy's, a disconnect invalidating the pool, as SQLAlchemy does.
     Connection poolers in transaction mode (PgBouncer) drop prepared statements: use session mode.
     """
 
@@ -128,42 +136,85 @@ class Prepared:
     def __init__(self, name: str, statement: Select) -> None:
         self.name = name
         self.statement = statement
-        self._compiled: tuple[str, dict[str, Any], Any] | None = None
-        self._done: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        self._plans: dict[str, _Plan] = {}
+        self._prepared: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
-    def _compile(self, dialect) -> tuple[str, dict[str, Any], Any]:
-        """(PREPARE statement, default parameters, EXECUTE statement); SQLAlchemy's binds become $1, $2..."""
-        if self._compiled is None:
+    def _plan(self, dialect: Dialect) -> _Plan:
+        plan = self._plans.get(dialect.name)
+        if plan is None:
             compiled = self.statement.compile(dialect=dialect)
-            order: list[str] = []
+            prepare = None
+            if dialect.name == "postgresql":
+                order: list[str] = []
 
-            def number(match: re.Match) -> str:
-                if match.group(1) not in order:
-                    order.append(match.group(1))
-                return f"${order.index(match.group(1)) + 1}"
+                def number(match: re.Match) -> str:
+                    if match.group(1) not in order:
+                        order.append(match.group(1))
+                    return f"${order.index(match.group(1)) + 1}"
 
-            # The body keeps the compiler's %% escapes: exec_driver_sql hands it to psycopg2's formatting.
-            body = self._BIND.sub(number, compiled.string)
-            # Matched by position, keyed and typed as the statement's own rows (ORM attribute keys).
-            call = text(f"EXECUTE {self.name}({', '.join(f':{n}' for n in order)})").columns(
-                *(column(key, col.type) for key, col in self.statement.selected_columns.items()))
-            self._compiled = (f"PREPARE {self.name} AS {body}", dict(compiled.params), call)
-        return self._compiled
+                # The body keeps the compiler's %% escapes: it is run with an empty parameter tuple.
+                prepare = f"PREPARE {self.name} AS {self._BIND.sub(number, compiled.string)}"
+                sql = f"EXECUTE {self.name}({', '.join(['%s'] * len(order))})"
+            elif dialect.positional:
+                order, sql = list(compiled.positiontup or ()), compiled.string
+            else:
+                raise NotImplementedError(f"Prepared supports PostgreSQL and positional drivers, not {dialect.name}")
+            binds = {name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in order}
+            columns = list(self.statement.selected_columns.items())
+            plan = _Plan(
+                prepare=prepare, sql=sql, order=order, defaults=dict(compiled.params),
+                binds={name: process for name, process in binds.items() if process is not None},
+                keys=[key for key, _ in columns],
+                results=[(i, process) for i, (_, col) in enumerate(columns)
+                         if (process := col.type.dialect_impl(dialect).result_processor(dialect, None)) is not None],
+            )
+            self._plans[dialect.name] = plan
+        return plan
 
-    def execute(self, connection: Connection, params: dict[str, Any]) -> Result:
-        # Plain rows, no ORM: the statement's columns are keyed by their labels, as the textual call's are.
-        if connection.dialect.name != "postgresql":
-            return connection.execute(self.statement, params)
-        prepare, defaults, call = self._compile(connection.dialect)
-        dbapi_connection = connection.connection.dbapi_connection
-        with self._lock:
-            ready = self._done.get(dbapi_connection, False)
-        if not ready:
-            connection.exec_driver_sql(prepare)
-            with self._lock:
-                self._done[dbapi_connection] = True
-        return connection.execute(call, {**defaults, **params})
+    def first(self, engine: Engine, connection: PoolProxiedConnection, params: dict[str, Any]) -> Plain | None:
+        """The first row as a :class:`Plain` keyed by the statement's column labels, or None."""
+        dialect = engine.dialect
+        plan = self._plan(dialect)
+        given = {**plan.defaults, **params}
+        values = [given[name] if name not in plan.binds else plan.binds[name](given[name]) for name in plan.order]
+        cursor = None
+        try:
+            cursor = connection.cursor()
+            if plan.prepare is not None:
+                with self._lock:
+                    ready = self._prepared.get(connection.dbapi_connection, False)
+                if not ready:
+                    cursor.execute(plan.prepare, ())
+                    with self._lock:
+                        self._prepared[connection.dbapi_connection] = True
+            cursor.execute(plan.sql, values)
+            row = cursor.fetchone()
+            cursor.close()
+        except dialect.loaded_dbapi.Error as error:
+            disconnect = dialect.is_disconnect(error, connection.dbapi_connection, cursor)
+            if disconnect:
+                connection.invalidate(error)
+                engine.dispose()  # the server went away: the pool's other connections are stale too
+            raise DBAPIError.instance(plan.sql, values, error, dialect.loaded_dbapi.Error,
+                                      connection_invalidated=disconnect, dialect=dialect) from error
+        if row is None:
+            return None
+        row = list(row)
+        for index, process in plan.results:
+            row[index] = process(row[index])
+        return Plain(**dict(zip(plan.keys, row, strict=True)))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    prepare: str | None  # run once per connection (PostgreSQL)
+    sql: str
+    order: list[str]  # bind names, in the order of the driver's positional parameters
+    defaults: dict[str, Any]  # the statement's own bound values (e.g. its LIMIT)
+    binds: dict[str, Callable[[Any], Any]]
+    keys: list[str]
+    results: list[tuple[int, Callable[[Any], Any]]]
 
 
 def alembic_config(url: str):

@@ -8,12 +8,11 @@ from typing import Any
 
 from flask import current_app, g, request
 from marshmallow import Schema, ValidationError
-from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from quaymirror.auth.models import AccessToken
 from quaymirror.auth.tokens import Caller, current_caller
-from quaymirror.db import Database
+from quaymirror.db import Database, Plain, Prepared
 from quaymirror.errors import InvalidRequest
 from quaymirror.settings import Settings
 
@@ -34,14 +33,15 @@ def session() -> Session:
     return g.db_session
 
 
-def read_connection() -> Connection:
-    """A connection for the request's plain reads (rows, no ORM), from the read pool; closed at teardown.
+def read_first(statement: Prepared, params: dict[str, Any]) -> Plain | None:
+    """The first row of a hot read, on a DBAPI connection of the read pool held until teardown.
 
-    The ORM session around a connection cost a GET more than its read.
+    SQLAlchemy's session, and even its Connection, cost a GET more than its read.
     """
+    db = database()
     if "db_read" not in g:
-        g.db_read = database().read_engine.connect()
-    return g.db_read
+        g.db_read = db.read_engine.raw_connection()
+    return statement.first(db.read_engine, g.db_read, params)
 
 
 def caller(required: bool = True, found: AccessToken | None | bool = False) -> Caller | None:

@@ -255,6 +255,7 @@ def test_nul_in_the_url_is_400(client, caller):
         "/api/v1/repository/dev%00table/simple",
         "/api/v1/entities/de%00v",
         "/api/v1/entities/dev?namespace=dev%00table",
+        "/api/v1/entities/dev?name%00space=devtable",
         "/api/v1/organization/buy%00nlarge",
         "/api/v1/user/robots/a%00b",
     ]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 REPO_READ = "repo:read"
 REPO_WRITE = "repo:write"
 REPO_ADMIN = "repo:admin"
@@ -42,3 +44,10 @@ def expand(scopes: frozenset[str]) -> frozenset[str]:
     for name in scopes:
         out |= IMPLIED.get(name, {name})
     return frozenset(out)
+
+
+@functools.lru_cache(maxsize=256)
+def granted(scope_string: str) -> frozenset[str]:
+    """What a token's stored scope string grants (implications expanded); tokens share a handful of
+    strings, so each is parsed once per process. UnknownScope as :func:`parse`."""
+    return expand(parse(scope_string))

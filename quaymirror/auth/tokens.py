@@ -178,7 +178,7 @@ def current_caller(protector: ResourceProtector, required: bool = True,
         caller = None
         if token is not None:
             try:
-                granted = scope_names.expand(scope_names.parse(token.scope))
+                granted = scope_names.granted(token.scope)
             except scope_names.UnknownScope:
                 granted = frozenset()
             caller = Caller(user=token.user, scopes=granted)

@@ -15,10 +15,10 @@ from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import tokens
 from quaymirror.auth.permissions import NS, access_query, decide_repo_role, require_repo_role
 from quaymirror.db import Plain, Prepared
-from quaymirror.errors import NotFound
+from quaymirror.errors import NotFound, json_response
 from quaymirror.mirror import service
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
-from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig, ViewMirrorConfig
+from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig, dump_view
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryPermission
 from quaymirror.security.secrets import SecretBox
@@ -37,7 +37,6 @@ def _authorize(namespace: str, repository: str) -> Repository | None:
     return repo
 
 
-_VIEW_SCHEMA = ViewMirrorConfig()  # stateless on dump, safe to share between threads
 _ROBOT = aliased(User, name="robot")
 _CONFIG_COLUMNS = (
     "is_enabled", "mirror_type", "external_reference", "external_registry_username",
@@ -84,8 +83,7 @@ def _view(namespace: str, repository: str) -> dict:
     The statement authenticates the bearer token too; only when the namespace does not exist (no row)
     is the token looked up on its own, to tell 401 from 403.
     """
-    row = _VIEW_PREPARED.execute(web.read_connection(), {"ns": namespace, "repo": repository,
-                                           "digest": tokens.request_digest()}).first()
+    row = web.read_first(_VIEW_PREPARED, {"ns": namespace, "repo": repository, "digest": tokens.request_digest()})
     caller = web.caller(required=False, found=tokens.token_in(row) if row is not None else False)
     ns = repo = None
     if row is not None:
@@ -110,7 +108,8 @@ def _actor() -> service.Actor:
 
 class RepositoryMirror(Resource):
     def get(self, namespace: str, repository: str):
-        return _VIEW_SCHEMA.dump(_view(namespace, repository))
+        # A ready response: flask-restful's representation layer would only produce the same bytes, slower.
+        return json_response(dump_view(_view(namespace, repository)), 200)
 
     def post(self, namespace: str, repository: str):
         repo = _authorize(namespace, repository)

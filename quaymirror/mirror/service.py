@@ -100,13 +100,8 @@ def _decrypt(box: SecretBox, token: str | None) -> tuple[bool, str | None]:
         return False, None
 
 
-def describe(session: Session, repository: Repository, box: SecretBox) -> dict[str, Any]:
-    """The values of Quay's ViewMirrorConfig (dates still datetimes; the schema formats them)."""
-    return describe_config(require(session, repository), repository, box)
-
-
 def describe_config(config: RepoMirrorConfig, repository: Repository, box: SecretBox) -> dict[str, Any]:
-    """:func:`describe` of an already loaded configuration."""
+    """The values of Quay's ViewMirrorConfig, in its order (dates still datetimes; the schema formats them)."""
     readable, username = _decrypt(box, config.external_registry_username)
     if not readable:
         # Quay intends this answer but crashes with a NameError (its bug #9).
