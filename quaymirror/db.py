@@ -196,14 +196,27 @@ class Prepared:
             if disconnect:
                 connection.invalidate(error)
                 engine.dispose()  # the server went away: the pool's other connections are stale too
-            raise DBAPIError.instance(plan.sql, values, error, dialect.loaded_dbapi.Error,
-                                      connection_invalidated=disconnect, dialect=dialect) from error
+            raise _wrapped(engine, error, plan.sql, values, disconnect) from error
         if row is None:
             return None
         row = list(row)
         for index, process in plan.results:
             row[index] = process(row[index])
         return Plain(**dict(zip(plan.keys, row, strict=True)))
+
+
+def raw_connection(engine: Engine) -> PoolProxiedConnection:
+    """A DBAPI connection from ``engine``'s pool; a failure to connect leaves as SQLAlchemy's error
+    (``Engine.raw_connection`` lets the driver's own escape), which the app answers with a 503."""
+    try:
+        return engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as error:
+        raise _wrapped(engine, error, None, None, True) from error
+
+
+def _wrapped(engine: Engine, error: Exception, statement: str | None, params: Any, disconnect: bool) -> DBAPIError:
+    return DBAPIError.instance(statement, params, error, engine.dialect.loaded_dbapi.Error,
+                               connection_invalidated=disconnect, dialect=engine.dialect)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from quaymirror.auth.models import AccessToken
 from quaymirror.auth.tokens import Caller, current_caller
-from quaymirror.db import Database, Plain, Prepared
+from quaymirror.db import Database, Plain, Prepared, raw_connection
 from quaymirror.errors import InvalidRequest
 from quaymirror.settings import Settings
 
@@ -40,7 +40,7 @@ def read_first(statement: Prepared, params: dict[str, Any]) -> Plain | None:
     """
     db = database()
     if "db_read" not in g:
-        g.db_read = db.read_engine.raw_connection()
+        g.db_read = raw_connection(db.read_engine)
     return statement.first(db.read_engine, g.db_read, params)
 
 

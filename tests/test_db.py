@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import pytest
@@ -79,5 +80,21 @@ def test_a_connection_the_server_dropped_fails_as_sqlalchemy_and_the_pool_recove
             assert prepared.first(engine, again, params) is None
         finally:
             again.close()
+    finally:
+        database.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_get_when_the_database_cannot_be_reached_is_a_json_503(settings):
+    """A real fault: nothing listens on the port of the database URL (the read path connects itself)."""
+    from quaymirror.app import create_app
+
+    url = "postgresql+psycopg2://postgres@127.0.0.1:9/test"
+    database = dbmod.Database(url)
+    try:
+        client = create_app(replace(settings, database_url=url), database).test_client()
+        response = client.get("/api/v1/repository/bench/app/mirror", headers={"Authorization": "Bearer abc"})
+        assert response.status_code == 503, response.data
+        assert response.get_json()["error_type"] == "service_unavailable"
     finally:
         database.dispose()
