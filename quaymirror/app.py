@@ -83,6 +83,12 @@ class QuayApi(Api):
     def handle_error(self, e):
         return render_error(e)
 
+    def add_resource(self, resource, *urls, **kwargs):
+        # Our resources keep no state: one instance serves every request (Flask's View option), instead
+        # of a new one per request.
+        resource.init_every_request = False
+        return super().add_resource(resource, *urls, **kwargs)
+
 
 def create_app(settings: Settings | None = None, database: Database | None = None) -> Flask:
     settings = settings or Settings.from_env()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-import weakref
+from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -137,8 +137,6 @@ class Prepared:
         self.name = name
         self.statement = statement
         self._plans: dict[str, _Plan] = {}
-        self._prepared: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
 
     def _plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(dialect.name)
@@ -165,15 +163,15 @@ class Prepared:
             plan = _Plan(
                 prepare=prepare, sql=sql, order=order, defaults=dict(compiled.params),
                 binds={name: process for name, process in binds.items() if process is not None},
-                keys=[key for key, _ in columns],
+                row=namedtuple("Row", [key for key, _ in columns]),
                 results=[(i, process) for i, (_, col) in enumerate(columns)
                          if (process := col.type.dialect_impl(dialect).result_processor(dialect, None)) is not None],
             )
             self._plans[dialect.name] = plan
         return plan
 
-    def first(self, engine: Engine, connection: PoolProxiedConnection, params: dict[str, Any]) -> Plain | None:
-        """The first row as a :class:`Plain` keyed by the statement's column labels, or None."""
+    def first(self, engine: Engine, connection: PoolProxiedConnection, params: dict[str, Any]) -> tuple | None:
+        """The first row as a named tuple of the statement's column labels, or None."""
         dialect = engine.dialect
         plan = self._plan(dialect)
         given = {**plan.defaults, **params}
@@ -181,13 +179,10 @@ class Prepared:
         cursor = None
         try:
             cursor = connection.cursor()
-            if plan.prepare is not None:
-                with self._lock:
-                    ready = self._prepared.get(connection.dbapi_connection, False)
-                if not ready:
-                    cursor.execute(plan.prepare, ())
-                    with self._lock:
-                        self._prepared[connection.dbapi_connection] = True
+            # connection.info lives as long as the DBAPI connection, which one thread holds at a time.
+            if plan.prepare is not None and self.name not in connection.info:
+                cursor.execute(plan.prepare, ())
+                connection.info[self.name] = True
             cursor.execute(plan.sql, values)
             row = cursor.fetchone()
             cursor.close()
@@ -199,10 +194,11 @@ class Prepared:
             raise _wrapped(engine, error, plan.sql, values, disconnect) from error
         if row is None:
             return None
-        row = list(row)
-        for index, process in plan.results:
-            row[index] = process(row[index])
-        return Plain(**dict(zip(plan.keys, row, strict=True)))
+        if plan.results:
+            row = list(row)
+            for index, process in plan.results:
+                row[index] = process(row[index])
+        return plan.row._make(row)
 
 
 def raw_connection(engine: Engine) -> PoolProxiedConnection:
@@ -226,7 +222,7 @@ class _Plan:
     order: list[str]  # bind names, in the order of the driver's positional parameters
     defaults: dict[str, Any]  # the statement's own bound values (e.g. its LIMIT)
     binds: dict[str, Callable[[Any], Any]]
-    keys: list[str]
+    row: type[tuple]
     results: list[tuple[int, Callable[[Any], Any]]]
 
 

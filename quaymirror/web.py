@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from quaymirror.auth.models import AccessToken
 from quaymirror.auth.tokens import Caller, current_caller
-from quaymirror.db import Database, Plain, Prepared, raw_connection
+from quaymirror.db import Database, Prepared, raw_connection
 from quaymirror.errors import InvalidRequest
 from quaymirror.settings import Settings
 
@@ -33,7 +33,7 @@ def session() -> Session:
     return g.db_session
 
 
-def read_first(statement: Prepared, params: dict[str, Any]) -> Plain | None:
+def read_first(statement: Prepared, params: dict[str, Any]) -> tuple | None:
     """The first row of a hot read, on a DBAPI connection of the read pool held until teardown.
 
     SQLAlchemy's session, and even its Connection, cost a GET more than its read.

@@ -52,7 +52,7 @@ def test_rows_read_as_from_sqlalchemy_again_and_on_every_connection(people):
     try:
         for connection in (first, second, first, second):
             row = prepared.first(engine, connection, params)
-            assert vars(row) == expected
+            assert row._asdict() == expected
             assert type(row.created) is datetime and type(row.robot) is bool
         assert prepared.first(engine, first, {"name": "nobody", "pattern": "x"}) is None
     finally:

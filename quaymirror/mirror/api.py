@@ -78,7 +78,7 @@ class _RepositoryRow(Plain):
 
 
 def _view(namespace: str, repository: str) -> dict:
-    """GET /mirror with one query: the same checks and answers as ``_authorize`` + ``service.describe``.
+    """GET /mirror with one query: the same checks and answers as ``_authorize`` + ``service.describe_config``.
 
     The statement authenticates the bearer token too; only when the namespace does not exist (no row)
     is the token looked up on its own, to tell 401 from 403.
