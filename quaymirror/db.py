@@ -55,7 +55,7 @@ def make_engine(url: str, autocommit: bool = False) -> Engine:
         connect_args["connect_timeout"] = CONNECT_TIMEOUT
     # The read pool pings no connection before use: on a busy machine each round trip costs as much as
     # a query. A connection the server dropped fails one GET with a 503 and makes the pool replace every
-    # connection it held (SQLAlchemy invalidates the pool on a disconnect); writes keep the ping.
+    # connection it held (Prepared.first disposes the pool on a disconnect); writes keep the ping.
     # Nor does it roll back a returned connection: in autocommit there is no transaction to end.
     options = ({"isolation_level": "AUTOCOMMIT", "pool_pre_ping": False, "pool_reset_on_return": None}
                if autocommit else {"pool_pre_ping": True})

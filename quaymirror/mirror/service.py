@@ -101,7 +101,8 @@ def _decrypt(box: SecretBox, token: str | None) -> tuple[bool, str | None]:
 
 
 def describe_config(config: RepoMirrorConfig, repository: Repository, box: SecretBox) -> dict[str, Any]:
-    """The values of Quay's ViewMirrorConfig, in its order (dates still datetimes; the schema formats them)."""
+    """The values of Quay's ViewMirrorConfig, in its order (dates still datetimes: ``schemas.dump_view``
+    formats them)."""
     readable, username = _decrypt(box, config.external_registry_username)
     if not readable:
         # Quay intends this answer but crashes with a NameError (its bug #9).
