@@ -3,9 +3,11 @@
 Both run on gunicorn with the same configuration (the production server's, 2 worker processes) and
 are loaded by wrk with 32 keep-alive connections for the same duration, on SQLite and on
 PostgreSQL, in interleaved rounds. Prints the medians of requests/s, p50 and p99 latency, errors,
-and the ratio to the baseline.
+and the ratio to the baseline. ``postgresql-uncached`` is PostgreSQL with the read cache off
+(QUAYMIRROR_READ_CACHE=off): what every GET costs when a write has just emptied the cache.
 
-    .venv/bin/python -m benchmarks.api [--seconds 20] [--rounds 3] [--connections 32] [--backends sqlite,postgresql]
+    .venv/bin/python -m benchmarks.api [--seconds 20] [--rounds 3] [--connections 32]
+                                       [--backends sqlite,postgresql,postgresql-uncached]
 """
 
 from __future__ import annotations
@@ -70,9 +72,11 @@ def mirror_server(backend: str, workdir: Path) -> Iterator[tuple[str, str | None
     """A production API server on ``backend`` with one mirror configured: (GET /mirror URL, token)."""
     instance = workdir / backend
     instance.mkdir()
-    with database(backend, instance) as url:
+    kind, _, variant = backend.partition("-")
+    with database(kind, instance) as url:
         env = {**os.environ, "QUAYMIRROR_INSTANCE_PATH": str(instance), "QUAYMIRROR_DATABASE_URL": url,
-               "QUAYMIRROR_API_WORKERS": str(API_WORKERS), "QUAYMIRROR_SSRF_ALLOWED_HOSTS": "127.0.0.1"}
+               "QUAYMIRROR_API_WORKERS": str(API_WORKERS), "QUAYMIRROR_SSRF_ALLOWED_HOSTS": "127.0.0.1",
+               "QUAYMIRROR_READ_CACHE": "off" if variant == "uncached" else "on"}
         token = bench_account(env)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
@@ -90,7 +94,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--backends", default="sqlite,postgresql,postgresql-uncached")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)

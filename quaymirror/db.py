@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+import socket
 import threading
+import time
+import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +22,8 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
+
+log = logging.getLogger(__name__)
 
 # Stable constraint names so alembic migrations are identical on SQLite and PostgreSQL.
 NAMING = {
@@ -77,6 +85,8 @@ class Database:
         # (two of its five round trips). Switching a pooled connection per request would cost two SETs.
         self.read_engine = make_engine(url, autocommit=True) if url.startswith("postgresql") else self.engine
         self.read_sessionmaker = sessionmaker(self.read_engine, expire_on_commit=False)
+        # SQLite reads in-process already: nothing to save there.
+        self.read_cache = ReadCache(url) if url.startswith("postgresql") else None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -106,6 +116,8 @@ class Database:
         return bool(outcome and outcome[0])
 
     def dispose(self) -> None:
+        if self.read_cache is not None:
+            self.read_cache.close()
         self.engine.dispose()
         self.read_engine.dispose()
 
@@ -224,6 +236,202 @@ class _Plan:
     binds: dict[str, Callable[[Any], Any]]
     row: type[tuple]
     results: list[tuple[int, Callable[[Any], Any]]]
+
+
+class PgListener:
+    """A dedicated PostgreSQL connection that LISTENs on ``channel`` and calls ``callback(payload)``.
+
+    Runs in its own daemon thread and reconnects with a growing back-off when the connection drops;
+    ``callback(None)`` then says that notifications may have been missed, and runs before
+    ``listening`` is set again, so whoever trusts ``listening`` relies on a callback that caught up.
+    A ``SELECT 1`` every ``probe`` seconds proves the connection alive (:meth:`alive`): a connection
+    that died silently (no reset from the network) goes unnoticed no longer than that.
+    """
+
+    def __init__(self, url: str, channel: str, callback: Callable[[str | None], None], *,
+                 timeout: float = 1.0, probe: float = 1.0) -> None:
+        self.url = url
+        self.channel = channel
+        self.callback = callback
+        self.timeout = timeout
+        self.probe = probe
+        self._stop = threading.Event()
+        self._wake_reader, self._wake_writer = socket.socketpair()  # stop() ends a select() at once
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
+        self.confirmed = 0.0  # time.monotonic() when the connection was last proven alive
+
+    def start(self) -> PgListener:
+        self._thread = threading.Thread(target=self._run, name=f"quaymirror-listen-{self.channel}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._wake_reader.close()
+        self._wake_writer.close()
+
+    def alive(self, max_age: float) -> bool:
+        """Listening, and proven alive within the last ``max_age`` seconds."""
+        return self.listening.is_set() and time.monotonic() - self.confirmed <= max_age
+
+    def _connect(self):
+        import psycopg2
+        from psycopg2.extensions import ISOLATION_LEVEL_AUTOCOMMIT
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.url)
+        _args, kwargs = url.set(drivername="postgresql+psycopg2").get_dialect()().create_connect_args(url)
+        kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        kwargs.setdefault("application_name", f"quaymirror-listen-{self.channel}")
+        for key, value in (("keepalives", 1), ("keepalives_idle", 5), ("keepalives_interval", 2), ("keepalives_count", 3)):
+            kwargs.setdefault(key, value)
+        conn = psycopg2.connect(**kwargs)
+        conn.set_isolation_level(ISOLATION_LEVEL_AUTOCOMMIT)
+        sent = time.monotonic()
+        with conn.cursor() as cursor:
+            cursor.execute(f"LISTEN {self.channel}")
+        self.confirmed = sent
+        return conn
+
+    def _run(self) -> None:
+        import select
+
+        backoff = 0.5
+        reconnecting = False
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = self._connect()
+                backoff = 0.5
+                if reconnecting:
+                    self.callback(None)
+                self.listening.set()
+                while not self._stop.is_set():
+                    due = self.confirmed + self.probe - time.monotonic()
+                    if due <= 0:
+                        sent = time.monotonic()
+                        with conn.cursor() as cursor:  # notifications read meanwhile land in conn.notifies
+                            cursor.execute("SELECT 1")
+                        self.confirmed = sent
+                    elif conn in select.select([conn, self._wake_reader], [], [], min(due, self.timeout))[0]:
+                        conn.poll()
+                    while conn.notifies:
+                        self.callback(conn.notifies.pop(0).payload)
+            except Exception as error:  # noqa: BLE001 - keep listening whatever happened
+                self.listening.clear()
+                reconnecting = True
+                log.warning("LISTEN %s: %s; reconnecting in %.1fs", self.channel, type(error).__name__, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        log.debug("closing the LISTEN connection failed", exc_info=True)
+        self.listening.clear()
+
+
+# Triggers on every table a cached read selects from (migration 0005) NOTIFY this channel.
+CHANGED = "quaymirror_changed"
+
+
+class ReadCache:
+    """Rows of hot reads kept in one process until a table they read changes (PostgreSQL).
+
+    A GET /mirror then costs no round trip at all: on two cores the round trip, in the API process and
+    in the server, cost more than the rest of the request. Correctness rests on invalidation, never on
+    time: statement triggers NOTIFY :data:`CHANGED` on every write to those tables (whoever writes:
+    another API replica, a worker, psql), and the process's listener empties the cache when the
+    notification arrives; a commit in this process empties it at once (read-your-writes within a
+    process). Across processes a read may lag a committed write by the notification's delivery
+    (milliseconds). While the listener is not known alive (starting, reconnecting, its last probe too
+    old) every read goes to the database, and a reconnect empties the cache (notifications sent
+    meanwhile are lost). A read that raced an invalidation is not stored: :meth:`store` takes the
+    generation :meth:`lookup` saw, and every invalidation starts a new one. What depends on the clock
+    (token expiry) is not part of a row: callers check it on every request.
+    """
+
+    def __init__(self, url: str, *, max_entries: int = 4096, max_age: float = 3.0) -> None:
+        self.url = url
+        self.max_entries = max_entries
+        self.max_age = max_age
+        self.generation = 0
+        self._rows: dict[tuple, tuple] = {}
+        self._lock = threading.Lock()
+        self._listener: PgListener | None = None
+        with _CACHES_LOCK:
+            _CACHES.add(self)
+
+    def lookup(self, key: tuple) -> tuple[tuple | None, int | None]:
+        """(the cached row or None, the generation to store a fresh read with; None: do not store)."""
+        listener = self._listener or self._start()
+        if not listener.alive(self.max_age):
+            return None, None
+        generation = self.generation
+        return self._rows.get(key), generation
+
+    def store(self, key: tuple, row: tuple, generation: int | None) -> None:
+        with self._lock:
+            if generation is None or generation != self.generation:
+                return  # the data may have changed since the read began
+            if len(self._rows) >= self.max_entries:
+                self._rows = {}
+            self._rows[key] = row
+
+    def invalidate(self, _payload: str | None = None) -> None:
+        with self._lock:
+            self.generation += 1
+            self._rows = {}
+
+    def _start(self) -> PgListener:
+        with self._lock:
+            if self._listener is None:
+                self._listener = PgListener(self.url, CHANGED, self.invalidate).start()
+            return self._listener
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            self.generation += 1
+            self._rows = {}
+        if listener is not None:
+            listener.stop()
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's listener thread did not come along."""
+        self._lock = threading.Lock()
+        self._listener = None
+        self.generation += 1
+        self._rows = {}
+
+
+_CACHES: weakref.WeakSet[ReadCache] = weakref.WeakSet()
+_CACHES_LOCK = threading.Lock()
+
+
+def _invalidate_all(*_args: Any) -> None:
+    with _CACHES_LOCK:
+        caches = list(_CACHES)
+    for cache in caches:
+        cache.invalidate()
+
+
+def _after_fork() -> None:
+    global _CACHES_LOCK
+    _CACHES_LOCK = threading.Lock()
+    for cache in list(_CACHES):
+        cache._forked()
+
+
+# Any commit in this process may have changed what a cached read selected.
+event.listen(Session, "after_commit", _invalidate_all)
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def alembic_config(url: str):

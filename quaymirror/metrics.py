@@ -13,7 +13,8 @@ Quay's (same names, types and labels):
 * ``quay_repository_mirror_workers_active`` (gauge): 1 while a worker runs in this process.
 
 Ours: ``quaymirror_mirror_pickup_seconds`` (wake-up to claim), ``quaymirror_mirror_tags_total{namespace,
-outcome}`` (copied / skipped / failed / deleted), ``quaymirror_mirror_bytes_copied_total{namespace}``.
+outcome}`` (copied / skipped / failed / deleted), ``quaymirror_mirror_bytes_copied_total{namespace}``,
+``quaymirror_read_cache_lookups_total{outcome}`` (hit / miss: GET /mirror's read cache, PostgreSQL).
 
 Everything lives in the default registry: ``GET /metrics`` of the API (the embedded worker's
 figures) and the ``quaymirror worker`` process's own endpoint (``QUAYMIRROR_METRICS_PORT``).
@@ -57,6 +58,10 @@ PICKUP = Histogram("quaymirror_mirror_pickup_seconds", "From a sync-now wake-up 
                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf")))
 TAGS = Counter("quaymirror_mirror_tags", "Tag results of sync runs", ["namespace", "outcome"])
 BYTES_COPIED = Counter("quaymirror_mirror_bytes_copied", "Bytes of images copied (where known)", ["namespace"])
+READ_CACHE = Counter("quaymirror_read_cache_lookups", "GET /mirror reads answered from the process's cache (hit) "
+                     "or by the database (miss), PostgreSQL", ["outcome"])
+READ_CACHE_HIT = READ_CACHE.labels("hit")
+READ_CACHE_MISS = READ_CACHE.labels("miss")
 
 
 def quay_reason(reason: str | None) -> str:

@@ -134,6 +134,8 @@ class Settings:
     # health is degraded while fewer report in.
     worker_replicas: int | None = None
     max_content_length: int = 1024 * 1024
+    # PostgreSQL: GET /mirror answers from a per-process cache emptied by NOTIFY (db.ReadCache).
+    read_cache: bool = True
 
     @property
     def is_sqlite(self) -> bool:
@@ -166,6 +168,7 @@ class Settings:
             storage_username=get("STORAGE_USERNAME") or None,
             storage_password=get("STORAGE_PASSWORD") or None,
             storage_tls_verify=_bool("STORAGE_TLS_VERIFY", get("STORAGE_TLS_VERIFY"), True),
+            read_cache=_bool("READ_CACHE", get("READ_CACHE"), True),
             worker_poll_seconds=_number("WORKER_POLL_SECONDS", get("WORKER_POLL_SECONDS"), 10.0, float, 0.05),
             worker_concurrency=int(_number("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY"), 2, int, 1)),
             tag_concurrency=int(_number("TAG_CONCURRENCY", get("TAG_CONCURRENCY"), 4, int, 1)),

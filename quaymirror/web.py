@@ -10,6 +10,7 @@ from flask import current_app, g, request
 from marshmallow import Schema, ValidationError
 from sqlalchemy.orm import Session
 
+from quaymirror import metrics
 from quaymirror.auth.models import AccessToken
 from quaymirror.auth.tokens import Caller, current_caller
 from quaymirror.db import Database, Prepared, raw_connection
@@ -34,14 +35,26 @@ def session() -> Session:
 
 
 def read_first(statement: Prepared, params: dict[str, Any]) -> tuple | None:
-    """The first row of a hot read, on a DBAPI connection of the read pool held until teardown.
+    """The first row of a hot read: from the process's read cache (PostgreSQL, see ``db.ReadCache``), else on
+    a DBAPI connection of the read pool held until teardown.
 
     SQLAlchemy's session, and even its Connection, cost a GET more than its read.
     """
     db = database()
+    cache = db.read_cache if settings().read_cache else None
+    if cache is not None:
+        key = (statement.name, *params.items())
+        row, generation = cache.lookup(key)
+        if row is not None:
+            metrics.READ_CACHE_HIT.inc()
+            return row
+        metrics.READ_CACHE_MISS.inc()
     if "db_read" not in g:
         g.db_read = raw_connection(db.read_engine)
-    return statement.first(db.read_engine, g.db_read, params)
+    row = statement.first(db.read_engine, g.db_read, params)
+    if cache is not None and row is not None:
+        cache.store(key, row, generation)
+    return row
 
 
 def caller(required: bool = True, found: AccessToken | None | bool = False) -> Caller | None:

@@ -81,12 +81,14 @@ def test_every_documented_setting(tmp_path):
         "QUAYMIRROR_SECRET_KEY": "s3cret",
         "QUAYMIRROR_SSRF_ALLOWED_HOSTS": " registry.internal , 10.0.0.0/8,,",
         "QUAYMIRROR_SUPERUSERS_FULL_ACCESS": "true",
+        "QUAYMIRROR_READ_CACHE": "off",
     })
     assert settings.database_url == "postgresql+psycopg2://u:p@db/quay"
     assert not settings.is_sqlite
     assert settings.secret_key == "s3cret"
     assert settings.ssrf_allowed_hosts == ("registry.internal", "10.0.0.0/8")
     assert settings.superusers_full_access is True
+    assert settings.read_cache is False
 
 
 @pytest.mark.parametrize(("raw", "value"), [
@@ -101,6 +103,7 @@ def test_boolean_values(raw, value, tmp_path):
 
 @pytest.mark.parametrize(("name", "raw"), [
     ("SUPERUSERS_FULL_ACCESS", "maybe"),
+    ("READ_CACHE", "sometimes"),
     ("STORAGE", "s3://bucket"),
     ("API_WORKERS", "zero"),
     ("API_WORKERS", "0"),
