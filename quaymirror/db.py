@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import threading
 import time
 import weakref
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import MetaData, Select, create_engine, event, text
 from sqlalchemy.engine import Dialect, Engine
@@ -85,8 +87,7 @@ class Database:
         # (two of its five round trips). Switching a pooled connection per request would cost two SETs.
         self.read_engine = make_engine(url, autocommit=True) if url.startswith("postgresql") else self.engine
         self.read_sessionmaker = sessionmaker(self.read_engine, expire_on_commit=False)
-        # SQLite reads in-process already: nothing to save there.
-        self.read_cache = ReadCache(url) if url.startswith("postgresql") else None
+        self.read_cache = ReadCache(url) if url.startswith(("postgresql", "sqlite")) else None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -342,19 +343,24 @@ CHANGED = "quaymirror_changed"
 
 
 class ReadCache:
-    """Rows of hot reads kept in one process until a table they read changes (PostgreSQL).
+    """Rows of hot reads kept in one process until a table they read changes.
 
-    A GET /mirror then costs no round trip at all: on two cores the round trip, in the API process and
-    in the server, cost more than the rest of the request. Correctness rests on invalidation, never on
-    time: statement triggers NOTIFY :data:`CHANGED` on every write to those tables (whoever writes:
-    another API replica, a worker, psql), and the process's listener empties the cache when the
-    notification arrives; a commit in this process empties it at once (read-your-writes within a
-    process). Across processes a read may lag a committed write by the notification's delivery
-    (milliseconds). While the listener is not known alive (starting, reconnecting, its last probe too
-    old) every read goes to the database, and a reconnect empties the cache (notifications sent
-    meanwhile are lost). A read that raced an invalidation is not stored: :meth:`store` takes the
-    generation :meth:`lookup` saw, and every invalidation starts a new one. What depends on the clock
-    (token expiry) is not part of a row: callers check it on every request.
+    A GET /mirror then reads no table at all: on two cores the read (on PostgreSQL the round trip, in
+    the API process and in the server) cost more than the rest of the request. Correctness rests on
+    invalidation, never on time, and a commit in this process empties the cache at once:
+
+    * PostgreSQL: statement triggers NOTIFY :data:`CHANGED` on every write to those tables (whoever
+      writes: another API replica, a worker, psql), and the process's listener empties the cache when
+      the notification arrives. Across processes a read may lag a committed write by the notification's
+      delivery (milliseconds). While the listener is not known alive (starting, reconnecting, its last
+      probe too old) every read goes to the database, and a reconnect empties the cache (notifications
+      sent meanwhile are lost).
+    * SQLite: every lookup first asks ``PRAGMA data_version`` on a connection of its own, which changes
+      whenever another connection (of any process) committed: no lag at all, for a few microseconds.
+
+    A read that raced an invalidation is not stored: :meth:`store` takes the generation :meth:`lookup`
+    saw, and every invalidation starts a new one. What depends on the clock (token expiry) is not part
+    of a row: callers check it on every request.
     """
 
     def __init__(self, url: str, *, max_entries: int = 4096, max_age: float = 3.0) -> None:
@@ -365,16 +371,41 @@ class ReadCache:
         self._rows: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
         self._listener: PgListener | None = None
+        self._sqlite_path = _sqlite_file(url)
+        self._version_lock = threading.Lock()
+        self._version_connection: sqlite3.Connection | None = None
+        self._version: int | None = None
         with _CACHES_LOCK:
             _CACHES.add(self)
 
     def lookup(self, key: tuple) -> tuple[tuple | None, int | None]:
         """(the cached row or None, the generation to store a fresh read with; None: do not store)."""
-        listener = self._listener or self._start()
-        if not listener.alive(self.max_age):
-            return None, None
+        if self._sqlite_path is not None:
+            if not self._current():
+                return None, None
+        else:
+            listener = self._listener or self._start()
+            if not listener.alive(self.max_age):
+                return None, None
         generation = self.generation
         return self._rows.get(key), generation
+
+    def _current(self) -> bool:
+        """SQLite: empty the cache if anything was committed since the last lookup; False when unknowable."""
+        with self._version_lock:
+            try:
+                if self._version_connection is None:
+                    self._version_connection = sqlite3.connect(f"file:{quote(self._sqlite_path)}?mode=ro", uri=True,
+                                                               check_same_thread=False)
+                version = self._version_connection.execute("PRAGMA data_version").fetchone()[0]
+            except sqlite3.Error:
+                self._version = None
+                self.invalidate()
+                return False
+            if version != self._version:
+                self._version = version
+                self.invalidate()
+            return True
 
     def store(self, key: tuple, row: tuple, generation: int | None) -> None:
         with self._lock:
@@ -402,13 +433,30 @@ class ReadCache:
             self._rows = {}
         if listener is not None:
             listener.stop()
+        with self._version_lock:
+            if self._version_connection is not None:
+                self._version_connection.close()
+                self._version_connection, self._version = None, None
 
     def _forked(self) -> None:
-        """In a forked child: the parent's listener thread did not come along."""
+        """In a forked child: the parent's listener thread did not come along, its SQLite connection must
+        not be shared."""
         self._lock = threading.Lock()
         self._listener = None
+        self._version_lock = threading.Lock()
+        self._version_connection, self._version = None, None
         self.generation += 1
         self._rows = {}
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL; None for other databases (and in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return parsed.database
 
 
 _CACHES: weakref.WeakSet[ReadCache] = weakref.WeakSet()

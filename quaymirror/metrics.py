@@ -14,7 +14,7 @@ Quay's (same names, types and labels):
 
 Ours: ``quaymirror_mirror_pickup_seconds`` (wake-up to claim), ``quaymirror_mirror_tags_total{namespace,
 outcome}`` (copied / skipped / failed / deleted), ``quaymirror_mirror_bytes_copied_total{namespace}``,
-``quaymirror_read_cache_lookups_total{outcome}`` (hit / miss: GET /mirror's read cache, PostgreSQL).
+``quaymirror_read_cache_lookups_total{outcome}`` (hit / miss: GET /mirror's read cache).
 
 Everything lives in the default registry: ``GET /metrics`` of the API (the embedded worker's
 figures) and the ``quaymirror worker`` process's own endpoint (``QUAYMIRROR_METRICS_PORT``).
@@ -59,7 +59,7 @@ PICKUP = Histogram("quaymirror_mirror_pickup_seconds", "From a sync-now wake-up 
 TAGS = Counter("quaymirror_mirror_tags", "Tag results of sync runs", ["namespace", "outcome"])
 BYTES_COPIED = Counter("quaymirror_mirror_bytes_copied", "Bytes of images copied (where known)", ["namespace"])
 READ_CACHE = Counter("quaymirror_read_cache_lookups", "GET /mirror reads answered from the process's cache (hit) "
-                     "or by the database (miss), PostgreSQL", ["outcome"])
+                     "or by the database (miss)", ["outcome"])
 READ_CACHE_HIT = READ_CACHE.labels("hit")
 READ_CACHE_MISS = READ_CACHE.labels("miss")
 

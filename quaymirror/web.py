@@ -35,7 +35,7 @@ def session() -> Session:
 
 
 def read_first(statement: Prepared, params: dict[str, Any]) -> tuple | None:
-    """The first row of a hot read: from the process's read cache (PostgreSQL, see ``db.ReadCache``), else on
+    """The first row of a hot read: from the process's read cache (``db.ReadCache``), else on
     a DBAPI connection of the read pool held until teardown.
 
     SQLAlchemy's session, and even its Connection, cost a GET more than its read.

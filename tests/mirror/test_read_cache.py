@@ -1,12 +1,13 @@
-"""GET /mirror's read cache on PostgreSQL: answers without a round trip, never outlives a write.
+"""GET /mirror's read cache: answers without reading the database, never outlives a write.
 
-Writes "by another process" are made on a psycopg2 connection of their own, outside SQLAlchemy's
-sessions, as another API replica, a worker or psql would: only the database's NOTIFY can tell this
-process about them.
+Writes "by another process" are made on a driver connection of their own, outside SQLAlchemy's
+sessions, as another API replica, a worker, psql or sqlite3 would: only the database can tell this
+process about them (PostgreSQL's NOTIFY, SQLite's data_version).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,8 +24,7 @@ from quaymirror.auth.tokens import hash_token
 from quaymirror.mirror.api import _VIEW
 from tests.mirror.conftest import MIRROR, mirror_body
 
-pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
-
+ONLY_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"])
 LISTENER = f"quaymirror-listen-{dbmod.CHANGED}"
 
 
@@ -39,14 +39,30 @@ def wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.02)
 
 
+class _Cursor:
+    """psycopg2's paramstyle (%s) on either driver."""
+
+    def __init__(self, cursor, sqlite: bool) -> None:
+        self._cursor, self._sqlite = cursor, sqlite
+
+    def execute(self, sql: str, params: tuple = ()) -> None:
+        self._cursor.execute(sql.replace("%s", "?") if self._sqlite else sql, params)
+
+    def fetchall(self) -> list:
+        return self._cursor.fetchall()
+
+
 @contextmanager
-def other_connection(url: str) -> Iterator:
-    """An autocommit psycopg2 connection of its own: another process, as far as PostgreSQL can tell."""
+def other_connection(url: str) -> Iterator[_Cursor]:
+    """An autocommit driver connection of its own: another process, as far as the database can tell."""
     parsed = make_url(url)
-    conn = psycopg2.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database)
-    conn.autocommit = True
+    if parsed.get_backend_name() == "sqlite":
+        conn = sqlite3.connect(parsed.database, isolation_level=None)
+    else:
+        conn = psycopg2.connect(host=parsed.host, port=parsed.port, user=parsed.username, dbname=parsed.database)
+        conn.autocommit = True
     try:
-        yield conn.cursor()
+        yield _Cursor(conn.cursor(), parsed.get_backend_name() == "sqlite")
     finally:
         conn.close()
 
@@ -77,6 +93,7 @@ def test_a_repeated_get_is_answered_from_the_cache_with_the_same_body(mirrored, 
     assert 'quaymirror_read_cache_lookups_total{outcome="hit"}' in exposed
 
 
+@ONLY_POSTGRESQL
 def test_a_write_through_this_process_is_read_back_at_once_without_waiting_for_its_notification(
         mirrored, admin, database_url):
     cached_get(mirrored, admin)
@@ -90,10 +107,12 @@ def test_a_write_through_this_process_is_read_back_at_once_without_waiting_for_i
             cursor.execute("ALTER TABLE repomirrorconfig ENABLE TRIGGER quaymirror_changed")
 
 
-def test_a_write_by_another_process_reaches_a_cached_get(mirrored, admin, database_url):
+def test_a_write_by_another_process_reaches_a_cached_get(mirrored, admin, database_url, backend):
     assert cached_get(mirrored, admin).get_json()["sync_interval"] == 5000
     with other_connection(database_url) as cursor:
         cursor.execute("UPDATE repomirrorconfig SET sync_interval = 4321")
+    if backend == "sqlite":  # data_version is asked on every lookup: the very next GET sees the write
+        assert mirrored.get(MIRROR, headers=admin).get_json()["sync_interval"] == 4321
     wait_for(lambda: mirrored.get(MIRROR, headers=admin).get_json()["sync_interval"] == 4321, 5,
              "the other process's write reaching GET")
 
@@ -127,6 +146,7 @@ def test_a_token_that_expires_is_refused_although_its_row_is_cached(mirrored, wo
     assert response.status_code == 401
 
 
+@ONLY_POSTGRESQL
 def test_while_the_listener_is_down_gets_read_the_database_and_its_return_empties_the_cache(
         mirrored, admin, database, database_url):
     """A real fault: the server ends the listener's backend; a write made meanwhile sends its NOTIFY to nobody."""
@@ -165,6 +185,7 @@ def test_without_the_cache_every_get_reads_the_database(mirrored, admin, client_
     assert hits() == before
 
 
+@ONLY_POSTGRESQL
 def test_every_table_the_cached_statement_reads_announces_its_writes(database):
     read = {getattr(table, "element", table).name for table in find_tables(_VIEW, include_aliases=True)}
     with database.engine.connect() as connection:
