@@ -8,7 +8,10 @@ tests.harness.images. Every trial gets a fresh, empty destination registry.
 * ``skopeo sync``: ``skopeo sync --all --preserve-digests`` of the repository;
 * ``quaymirror``: sync-now -> SUCCESS through a real Worker (embedded SQLite) on the docker:// destination.
 
-    .venv/bin/python -m benchmarks.first_sync [--trials 3] [--tag-concurrency N]
+    .venv/bin/python -m benchmarks.first_sync [--trials 3] [--tag-concurrency N] [--warmup 1]
+
+Every method first runs ``--warmup`` rounds that are not counted (the skopeo binary and the worker's
+code and compiled statements are then in memory, as in a worker that has been running).
 
 Goal: quaymirror <= 0.85 x skopeo sync, and faster than the copy loop.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import tempfile
 import time
@@ -111,6 +115,15 @@ class Quaymirror:
         self.database.dispose()
 
 
+METHODS = ["copy loop", "skopeo sync", "quaymirror"]
+
+
+def settle() -> None:
+    """Write back what earlier work left dirty, then let the machine go quiet."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def ratio_row(name: str, value: float, base: float | None) -> list[str]:
     return [name, f"{value:.3f}", f"{value / base:.2f}" if base else ""]
 
@@ -119,23 +132,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--tag-concurrency", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="rounds run first and not counted: a worker process compiles its statements and "
+                             "loads its code once, and runs for days")
     args = parser.parse_args()
-    results: dict[str, list[float]] = {"copy loop": [], "skopeo sync": [], "quaymirror": []}
+    results: dict[str, list[float]] = {method: [] for method in METHODS}
     with tempfile.TemporaryDirectory(prefix="qm-first-sync-") as tmp:
         work = Path(tmp)
         with source(work) as src:
-            for trial in range(args.trials):
-                with registry(work / f"d{trial}-loop") as dest:
-                    results["copy loop"].append(copy_loop(src, dest))
-                with registry(work / f"d{trial}-sync") as dest:
-                    results["skopeo sync"].append(skopeo_sync(src, dest))
-                with registry(work / f"d{trial}-qm") as dest:
-                    qm = Quaymirror(work, src, dest, args.tag_concurrency)
-                    try:
-                        results["quaymirror"].append(qm.sync())
-                    finally:
-                        qm.close()
-                print(f"trial {trial + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in results.items()), flush=True)
+            for trial in range(-args.warmup, args.trials):
+                timed: dict[str, float] = {}
+                # The order turns with each trial, and each method starts with no dirty page of the one
+                # before it left to write back (the registries write many small files).
+                for method in METHODS[trial % 3:] + METHODS[:trial % 3]:
+                    with registry(work / f"d{trial}-{method.replace(' ', '-')}") as dest:
+                        qm = Quaymirror(work, src, dest, args.tag_concurrency) if method == "quaymirror" else None
+                        settle()
+                        try:
+                            timed[method] = (qm.sync() if qm is not None else
+                                             copy_loop(src, dest) if method == "copy loop" else skopeo_sync(src, dest))
+                        finally:
+                            if qm is not None:
+                                qm.close()
+                line = ", ".join(f"{k} {timed[k]:.3f}s" for k in METHODS)
+                if trial < 0:
+                    print(f"warm-up (not counted): {line}", flush=True)
+                    continue
+                for k, v in timed.items():
+                    results[k].append(v)
+                print(f"trial {trial + 1}: {line}", flush=True)
     med = {k: median(v) for k, v in results.items()}
     sync = med["skopeo sync"]
     print()

@@ -88,6 +88,11 @@ def _calls(log: Path) -> list[str]:
     return [line.split("--command-timeout")[1].split()[1] for line in log.read_text().splitlines()]
 
 
+def _requests(reg: Registry, method: str, path: str) -> int:
+    """Requests in the registry's access log with this method and a path starting with ``path``."""
+    return sum(f'"{method} {path}' in line for line in reg.log_text(tail=10_000_000).splitlines())
+
+
 @pytest.mark.parametrize("destination", ["oci", "docker"])
 def test_no_change_resync_runs_no_skopeo_inspect_or_copy(destination, auth_registry, database, mirrors,
                                                          make_worker, tmp_path, markers, counting_skopeo,
@@ -113,6 +118,10 @@ def test_no_change_resync_runs_no_skopeo_inspect_or_copy(destination, auth_regis
     # concurrent pushes of shared layers (logged "trying again"; seen in CI on PostgreSQL, docker destination).
     retries = sum("trying again" in r.getMessage() for r in caplog.records)
     assert first.count("copy") == len(TAGS) + retries
+    if destination == "docker":
+        # The empty destination's tag list, read once, said every tag was missing: no HEAD per tag.
+        assert _requests(dest, "GET", "/v2/org/app/tags/list") == 1
+        assert _requests(dest, "HEAD", "/v2/org/app/manifests/") == 0
 
     log.unlink()
     with database.transaction() as session:
@@ -122,6 +131,8 @@ def test_no_change_resync_runs_no_skopeo_inspect_or_copy(destination, auth_regis
     assert (run.status, run.tags_copied, run.tags_skipped) == ("SUCCESS", 0, len(TAGS))
     assert {t: r.digest for t, r in mirrors.tags(run.id).items()} == digests
     assert _calls(log) == []  # tags listed and digests read over HTTP
+    if destination == "docker":  # each tag was in the destination's list: its digest is asked for
+        assert _requests(dest, "HEAD", "/v2/org/app/manifests/") == len(TAGS)
 
 
 class _Limited(BaseHTTPRequestHandler):

@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -294,6 +295,9 @@ class RegistryRepository:
         creds = {host: (settings.storage_username, settings.storage_password)} if settings.storage_username else {}
         self.authfile = files.authfile("dest-auth.json", creds)
         self.no_proxy = [host.partition(":")[0], host]
+        self._listing = threading.Lock()
+        self._listed_once = False
+        self._tags: frozenset[str] | None = None
 
     def describe(self) -> str:
         return f"docker://{self.host}/{self.repository}"
@@ -302,10 +306,27 @@ class RegistryRepository:
         return [f"--dest-tls-verify={'true' if self.tls_verify else 'false'}", "--dest-authfile", str(self.authfile)]
 
     def digest(self, tag: str) -> str | None:
+        """The digest ``tag`` has in the destination; None when absent. A tag missing from the repository's
+        tag list (read once per run) costs no request: on a first sync every tag is one."""
         try:
+            listed = self._listed()
+            if listed is not None and tag not in listed:
+                return None
             return self.client.manifest_digest(self.repository, tag)
         except (OSError, RegistryError) as error:
             raise DestinationError(f"cannot read {self.describe()}:{tag}: {error}") from None
+
+    def _listed(self) -> frozenset[str] | None:
+        """The repository's tags when the run began; None when the registry would not list them (then every
+        tag is asked for)."""
+        with self._listing:
+            if not self._listed_once:
+                self._listed_once = True
+                try:
+                    self._tags = frozenset(self.client.tags(self.repository))
+                except RegistryError as error:
+                    log.info("%s: no tag list (%s); asking for each tag", self.describe(), error)
+        return self._tags
 
     def copy_target(self, tag: str, slot: str) -> CopyTarget:
         return CopyTarget(f"docker://{self.host}/{self.repository}:{tag}", self._dest_args())

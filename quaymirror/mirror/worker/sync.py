@@ -64,9 +64,11 @@ STOP_SHUTDOWN = "shutdown"
 STOP_LOST = "lease_lost"
 
 AUDIT_OUTPUT = 4000
-# A copy failing for a reason that may be transient (a registry's 500, a reset connection) is tried again
-# once: distribution answers 500 now and then under concurrent pushes of shared layers.
-COPY_ATTEMPTS = 2
+# A copy failing for a reason that may be transient (a registry's 500, a reset connection) is tried again,
+# after a growing pause: distribution answers 500 now and then under concurrent pushes of shared layers,
+# until the first push of the layer is complete.
+COPY_ATTEMPTS = 3
+RETRY_PAUSE = 0.25
 RETRYABLE = frozenset({reasons.UNKNOWN_ERROR, reasons.CONNECTION_ERROR})
 # Skipped tags' results are written at least this often (seconds) while a run goes on.
 RECORD_EVERY = 0.5
@@ -383,6 +385,7 @@ class SyncRun:
                             break
                         log.info("mirror %s: copying %s failed (%s), trying again: %s", mirror.path, tag,
                                  copied.reason, copied.message)
+                        self.group.wait(RETRY_PAUSE * attempt)  # returns at once on cancel or shutdown
                 if not copied.ok:
                     return failed(copied)
                 try:
