@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tarfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -167,14 +168,24 @@ def build_layout(
 
 
 # ------------------------------------------------------------------- pushing
+# docker-registry answers 500 now and then to concurrent pushes of a shared layer (jobs > 1) until the
+# first push of it is complete: such a push is tried again after a pause, as the worker does.
+PUSH_ATTEMPTS = 3
+TRANSIENT = "500 (Internal Server Error)"
+
+
 def _skopeo_copy(src: str, dest: str, extra: list[str]) -> None:
     cmd = [SKOPEO_BIN, "copy", "--quiet", "--all", "--preserve-digests", *extra, src, dest]
-    try:
-        proc = subprocess.run(
-            cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PUSH_TIMEOUT
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise SkopeoError(f"skopeo copy {src} -> {dest} timed out after {PUSH_TIMEOUT}s", None, "") from exc
+    for attempt in range(1, PUSH_ATTEMPTS + 1):
+        try:
+            proc = subprocess.run(
+                cmd, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=PUSH_TIMEOUT
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise SkopeoError(f"skopeo copy {src} -> {dest} timed out after {PUSH_TIMEOUT}s", None, "") from exc
+        if proc.returncode == 0 or TRANSIENT not in proc.stderr or attempt == PUSH_ATTEMPTS:
+            break
+        time.sleep(0.25 * attempt)
     if proc.returncode != 0:
         raise SkopeoError(
             f"skopeo copy {src} -> {dest} failed (rc {proc.returncode}): {proc.stderr.strip()}",
