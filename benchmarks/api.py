@@ -4,7 +4,7 @@ Both run on gunicorn with the same configuration (the production server's, 2 wor
 are loaded by wrk with 32 keep-alive connections for the same duration, on SQLite and on
 PostgreSQL, in interleaved rounds. Prints the medians of requests/s, p50 and p99 latency, errors,
 and the ratio to the baseline. ``postgresql-uncached`` is PostgreSQL with the read cache off
-(QUAYMIRROR_READ_CACHE=off): what every GET costs when a write has just emptied the cache.
+(QUAYMIRROR_READ_CACHE=off): what every GET costs while writes keep changing the database.
 
     .venv/bin/python -m benchmarks.api [--seconds 20] [--rounds 3] [--connections 32]
                                        [--backends sqlite,postgresql,postgresql-uncached]

@@ -134,7 +134,7 @@ class Settings:
     # health is degraded while fewer report in.
     worker_replicas: int | None = None
     max_content_length: int = 1024 * 1024
-    # GET /mirror answers from a per-process cache emptied by every write (db.ReadCache).
+    # GET /mirror answers from a per-process cache while the database is unchanged (db.ReadCache).
     read_cache: bool = True
 
     @property

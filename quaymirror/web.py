@@ -9,6 +9,7 @@ from typing import Any
 from flask import current_app, g, request
 from marshmallow import Schema, ValidationError
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import PoolProxiedConnection
 
 from quaymirror import metrics
 from quaymirror.auth.models import AccessToken
@@ -35,25 +36,31 @@ def session() -> Session:
 
 
 def read_first(statement: Prepared, params: dict[str, Any]) -> tuple | None:
-    """The first row of a hot read: from the process's read cache (``db.ReadCache``), else on
-    a DBAPI connection of the read pool held until teardown.
+    """The first row of a hot read, on a DBAPI connection of the read pool held until teardown; from the
+    process's read cache (``db.ReadCache``) while the database's version is the one it was read at.
 
     SQLAlchemy's session, and even its Connection, cost a GET more than its read.
     """
     db = database()
+
+    def connection() -> PoolProxiedConnection:
+        if "db_read" not in g:
+            g.db_read = raw_connection(db.read_engine)
+        return g.db_read
+
     cache = db.read_cache if settings().read_cache else None
-    if cache is not None:
-        key = (statement.name, *params.items())
-        row, generation = cache.lookup(key)
-        if row is not None:
-            metrics.READ_CACHE_HIT.inc()
-            return row
-        metrics.READ_CACHE_MISS.inc()
-    if "db_read" not in g:
-        g.db_read = raw_connection(db.read_engine)
-    row = statement.first(db.read_engine, g.db_read, params)
-    if cache is not None and row is not None:
-        cache.store(key, row, generation)
+    if cache is None:
+        return statement.first(db.read_engine, connection(), params)
+    key = (statement.name, *params.items())
+    version = cache.version(db.read_engine, connection)
+    row = cache.get(key, version)
+    if row is not None:
+        metrics.READ_CACHE_HIT.inc()
+        return row
+    metrics.READ_CACHE_MISS.inc()
+    row = statement.first(db.read_engine, connection(), params)
+    if row is not None:
+        cache.put(key, version, row)
     return row
 
 
