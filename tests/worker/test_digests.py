@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -163,6 +164,57 @@ def test_rate_limit_headers_are_honoured():
             client.manifest_digest("ns/r", "exhausted")
         client.close()
     finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+class _Unlisted(BaseHTTPRequestHandler):
+    """A destination that refuses to list tags but answers HEAD: docker-registry lists for whoever may
+    pull, so this fault is made with a fake (a registry or proxy that blocks the catalog endpoints)."""
+
+    requests: ClassVar[list[str]]
+
+    def do_GET(self) -> None:
+        self.requests.append(f"GET {self.path}")
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        self.requests.append(f"HEAD {self.path}")
+        if self.path == "/v2/org/app/manifests/present":
+            self.send_response(200)
+            self.send_header("Docker-Content-Digest", "sha256:" + "1" * 64)
+        else:
+            self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_destination_that_will_not_list_its_tags_is_asked_for_each_tag(settings):
+    from quaymirror.mirror.worker.destination import open_repository
+    from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles, Skopeo
+
+    handler = type("Unlisted", (_Unlisted,), {"requests": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    files = RunFiles()
+    try:
+        host = f"127.0.0.1:{server.server_port}"
+        skopeo = Skopeo("skopeo", timeout=10, group=ProcessGroup(), workdir=files.path)
+        repo = open_repository(settings.with_overrides(storage=f"docker://{host}", storage_tls_verify=False),
+                               "org", "app", files, skopeo)
+        assert repo.digest("present") == "sha256:" + "1" * 64
+        assert repo.digest("absent") is None
+        assert handler.requests == ["GET /v2/org/app/tags/list?n=1000", "HEAD /v2/org/app/manifests/present",
+                                      "HEAD /v2/org/app/manifests/absent"]
+    finally:
+        files.remove()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
