@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
-import socket
 import sqlite3
 import threading
-import time
 import weakref
 from collections import namedtuple
 from collections.abc import Callable, Iterator
@@ -24,8 +20,6 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
-
-log = logging.getLogger(__name__)
 
 # Stable constraint names so alembic migrations are identical on SQLite and PostgreSQL.
 NAMING = {
@@ -239,101 +233,6 @@ class _Plan:
     results: list[tuple[int, Callable[[Any], Any]]]
 
 
-class PgListener:
-    """A dedicated PostgreSQL connection that LISTENs on ``channel`` and calls ``callback(payload)``.
-
-    Runs in its own daemon thread and reconnects with a growing back-off when the connection drops;
-    ``callback(None)`` then says that notifications may have been missed, and runs before
-    ``listening`` is set again, so whoever trusts ``listening`` relies on a callback that caught up.
-    A ``SELECT 1`` every ``probe`` seconds proves the connection alive: one that died silently (no
-    reset from the network) fails it and is replaced.
-    """
-
-    def __init__(self, url: str, channel: str, callback: Callable[[str | None], None], *,
-                 timeout: float = 1.0, probe: float = 1.0) -> None:
-        self.url = url
-        self.channel = channel
-        self.callback = callback
-        self.timeout = timeout
-        self.probe = probe
-        self._stop = threading.Event()
-        self._wake_reader, self._wake_writer = socket.socketpair()  # stop() ends a select() at once
-        self._thread: threading.Thread | None = None
-        self.listening = threading.Event()
-        self.confirmed = 0.0  # time.monotonic() when the connection was last proven alive
-
-    def start(self) -> PgListener:
-        self._thread = threading.Thread(target=self._run, name=f"quaymirror-listen-{self.channel}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"x")
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._wake_reader.close()
-        self._wake_writer.close()
-
-    def _connect(self):
-        import psycopg2
-        from psycopg2.extensions import ISOLATION_LEVEL_AUTOCOMMIT
-        from sqlalchemy.engine import make_url
-
-        url = make_url(self.url)
-        _args, kwargs = url.set(drivername="postgresql+psycopg2").get_dialect()().create_connect_args(url)
-        kwargs.setdefault("connect_timeout", CONNECT_TIMEOUT)
-        kwargs.setdefault("application_name", f"quaymirror-listen-{self.channel}")
-        for key, value in (("keepalives", 1), ("keepalives_idle", 5), ("keepalives_interval", 2), ("keepalives_count", 3)):
-            kwargs.setdefault(key, value)
-        conn = psycopg2.connect(**kwargs)
-        conn.set_isolation_level(ISOLATION_LEVEL_AUTOCOMMIT)
-        sent = time.monotonic()
-        with conn.cursor() as cursor:
-            cursor.execute(f"LISTEN {self.channel}")
-        self.confirmed = sent
-        return conn
-
-    def _run(self) -> None:
-        import select
-
-        backoff = 0.5
-        reconnecting = False
-        while not self._stop.is_set():
-            conn = None
-            try:
-                conn = self._connect()
-                backoff = 0.5
-                if reconnecting:
-                    self.callback(None)
-                self.listening.set()
-                while not self._stop.is_set():
-                    due = self.confirmed + self.probe - time.monotonic()
-                    if due <= 0:
-                        sent = time.monotonic()
-                        with conn.cursor() as cursor:  # notifications read meanwhile land in conn.notifies
-                            cursor.execute("SELECT 1")
-                        self.confirmed = sent
-                    elif conn in select.select([conn, self._wake_reader], [], [], min(due, self.timeout))[0]:
-                        conn.poll()
-                    while conn.notifies:
-                        self.callback(conn.notifies.pop(0).payload)
-            except Exception as error:  # noqa: BLE001 - keep listening whatever happened
-                self.listening.clear()
-                reconnecting = True
-                log.warning("LISTEN %s: %s; reconnecting in %.1fs", self.channel, type(error).__name__, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except Exception:
-                        log.debug("closing the LISTEN connection failed", exc_info=True)
-        self.listening.clear()
-
-
 # GET's own snapshot on PostgreSQL: equal text, equal committed data (see ReadCache).
 _SNAPSHOT = Prepared("quaymirror_snapshot", select(cast(func.txid_current_snapshot(), Text).label("snapshot")))
 
@@ -363,8 +262,7 @@ class ReadCache:
         self._sqlite_path = _sqlite_file(url)
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
-        with _CACHES_LOCK:
-            _CACHES.add(self)
+        _CACHES.add(self)
 
     def version(self, engine: Engine, connection: Callable[[], PoolProxiedConnection]) -> Any:
         """The database's version now (PostgreSQL: asked on ``connection()``); None when it cannot be
@@ -416,12 +314,10 @@ def _sqlite_file(url: str) -> str | None:
 
 
 _CACHES: weakref.WeakSet[ReadCache] = weakref.WeakSet()
-_CACHES_LOCK = threading.Lock()
 
 
 def _after_fork() -> None:
-    global _CACHES_LOCK
-    _CACHES_LOCK = threading.Lock()
+    # The child runs only the forking thread: nothing else touches the set meanwhile.
     for cache in list(_CACHES):
         cache._forked()
 

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
-from quaymirror.db import PgListener
-
 log = logging.getLogger(__name__)
 
 CHANNEL = "quaymirror_mirror"
@@ -68,15 +66,80 @@ def _after_rollback(session: Session) -> None:
     session.info.pop("quaymirror.sync_requested", None)
 
 
-def listen(url: str, callback: Callable[[int | None], None]) -> PgListener:
-    """A started listener of :data:`CHANNEL`: ``callback(config_id)`` per sync-now, ``callback(None)`` when
-    notifications may have been missed (the connection came back), after which the worker polls."""
+class PgListener:
+    """A dedicated PostgreSQL connection that LISTENs on :data:`CHANNEL` and calls ``callback(config_id)``.
 
-    def delivered(payload: str | None) -> None:
-        try:
-            config_id = int(payload) if payload is not None else None
-        except ValueError:
-            config_id = None
-        callback(config_id)
+    Runs in its own daemon thread; reconnects with a growing back-off when the
+    connection drops, and then calls ``callback(None)`` once because
+    notifications sent meanwhile are lost (the worker then polls).
+    """
 
-    return PgListener(url, CHANNEL, delivered).start()
+    def __init__(self, url: str, callback: Callable[[int | None], None], *, timeout: float = 1.0) -> None:
+        self.url = url
+        self.callback = callback
+        self.timeout = timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
+
+    def start(self) -> PgListener:
+        self._thread = threading.Thread(target=self._run, name="quaymirror-listen", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _connect(self):
+        import psycopg2
+        from psycopg2.extensions import ISOLATION_LEVEL_AUTOCOMMIT
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.url)
+        _args, kwargs = url.set(drivername="postgresql+psycopg2").get_dialect()().create_connect_args(url)
+        kwargs.setdefault("connect_timeout", 5)
+        conn = psycopg2.connect(**kwargs)
+        conn.set_isolation_level(ISOLATION_LEVEL_AUTOCOMMIT)
+        with conn.cursor() as cursor:
+            cursor.execute(f"LISTEN {CHANNEL}")
+        return conn
+
+    def _run(self) -> None:
+        import select
+
+        backoff = 0.5
+        reconnecting = False
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn = self._connect()
+                self.listening.set()
+                backoff = 0.5
+                if reconnecting:
+                    self.callback(None)
+                while not self._stop.is_set():
+                    ready, _, _ = select.select([conn], [], [], self.timeout)
+                    if not ready:
+                        continue
+                    conn.poll()
+                    while conn.notifies:
+                        note = conn.notifies.pop(0)
+                        try:
+                            config_id: int | None = int(note.payload)
+                        except ValueError:
+                            config_id = None
+                        self.callback(config_id)
+            except Exception as error:  # noqa: BLE001 - keep listening whatever happened
+                self.listening.clear()
+                reconnecting = True
+                log.warning("LISTEN %s: %s; reconnecting in %.1fs", CHANNEL, type(error).__name__, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except Exception:
+                        log.debug("closing the LISTEN connection failed", exc_info=True)

@@ -34,7 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
 from quaymirror import metrics
-from quaymirror.db import Database, PgListener, utcnow
+from quaymirror.db import Database, utcnow
 from quaymirror.mirror import events, history, status
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker import claims
@@ -92,7 +92,7 @@ class Worker:
         # the wake-up its own end causes (which would burn all retries within a second).
         self._retry_not_before: dict[int, float] = {}
         self._scheduler: BackgroundScheduler | None = None
-        self._listener: PgListener | None = None
+        self._listener: events.PgListener | None = None
         self._keeper: threading.Thread | None = None
         self.passes = 0
         self._woken: dict[int, float] = {}  # config id -> when its sync-now wake-up arrived (pick-up metric)
@@ -121,7 +121,7 @@ class Worker:
         if self._subscribe:
             events.subscribe(self._notified)
         if self._listen:
-            self._listener = events.listen(self.settings.database_url, self._notified)
+            self._listener = events.PgListener(self.settings.database_url, self._notified).start()
         log.info("mirror worker %s started: poll every %ss, %d mirrors x %d tags at once, lease %ss, storage %s",
                  self.owner, self.settings.worker_poll_seconds, self.settings.worker_concurrency,
                  self.settings.tag_concurrency, self.settings.lease_seconds, self.settings.storage)
