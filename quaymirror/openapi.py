@@ -520,6 +520,9 @@ def _operation(spec: APISpec, op: Operation) -> dict[str, Any]:
             continue
         responses[str(status)] = {"description": _ERROR_DESCRIPTIONS[status],
                                   "content": {"application/json": {"schema": _error_schema(status)}}}
+    # gunicorn answers a request line over its limit itself, before the API sees it, as nginx does for Quay.
+    responses["414"] = {"description": "Request line longer than 4094 bytes (answered by the HTTP server).",
+                        "content": {"text/html": {"schema": {"type": "string"}}}}
     operation: dict[str, Any] = {
         "operationId": op.operation_id,
         "summary": op.summary,

@@ -121,6 +121,14 @@ def test_serve_on_the_embedded_default(worker, tmp_path):
         assert body["type"] == f"{server.base}/api/v1/error/invalid_token"
         status, _body = http(f"{server.base}/api/v1/nothing", token)
         assert status == 404
+        # A request line over gunicorn's limit is answered by gunicorn (HTML, as Quay's nginx): documented.
+        with pytest.raises(urllib.error.HTTPError) as long_line:
+            urllib.request.urlopen(f"{server.base}/api/v1/repository/mirror/health?x={'y' * 5000}", timeout=5)
+        assert long_line.value.code == 414
+        status, document = http(f"{server.base}/api/v1/discovery", token)
+        assert status == 200
+        assert all("414" in operation["responses"] for item in document["paths"].values()
+                   for method, operation in item.items() if method != "parameters")
         took = server.stop()
         assert took < STOP_TIMEOUT
         assert server.process.returncode == 0, server.output()

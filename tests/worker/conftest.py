@@ -7,7 +7,10 @@ when the test failed.
 
 from __future__ import annotations
 
+import shutil
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +25,33 @@ from tests.worker.helpers import Mirrors, kill_skopeo
 @pytest.fixture(autouse=True)
 def _tools() -> None:
     require_tools("skopeo", "docker-registry")
+
+
+@pytest.fixture
+def counting_skopeo(tmp_path) -> Iterator[tuple[Path, Path]]:
+    """A skopeo wrapper that appends each call to a log file, as ``GOMAXPROCS=.. GOGC=.. | argv``: (wrapper, log)."""
+    log = tmp_path / "skopeo-calls.log"
+    wrapper = tmp_path / "skopeo-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "GOMAXPROCS=$GOMAXPROCS GOGC=$GOGC | $*" >> {log}\n'
+                       f'exec {shutil.which("skopeo")} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    yield wrapper, log
+
+
+def skopeo_calls(log: Path) -> list[tuple[str, list[str]]]:
+    """(environment, argv after ``--command-timeout N``) of each call the wrapper logged."""
+    if not log.exists():
+        return []
+    calls = []
+    for line in log.read_text().splitlines():
+        env, _, argv = line.partition(" | ")
+        calls.append((env, argv.split("--command-timeout")[1].split()[1:]))
+    return calls
+
+
+def skopeo_commands(log: Path) -> list[str]:
+    """The skopeo command (copy, inspect, ...) of each logged call."""
+    return [argv[0] for _, argv in skopeo_calls(log)]
 
 
 @pytest.fixture

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import stat
 import subprocess
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
@@ -26,7 +23,7 @@ from quaymirror.mirror.worker.registry_client import RateLimited, RegistryClient
 from tests.harness.fixtures import AUTH_PASSWORD, AUTH_USERNAME
 from tests.harness.images import push_images
 from tests.harness.registry import Registry
-from tests.worker.conftest import sync_once
+from tests.worker.conftest import skopeo_commands, sync_once
 
 TAGS = ["a", "b", "c", "d"]  # a and c are 3-platform indexes
 
@@ -73,22 +70,6 @@ def test_kept_alive_connection_survives_a_server_side_close(registry, tmp_path):
     assert client.manifest_digest("ns/r", "a") == digests["a"]
 
 
-@pytest.fixture
-def counting_skopeo(tmp_path) -> Iterator[tuple[Path, Path]]:
-    """A skopeo wrapper that appends each argv to a log file: (wrapper, log)."""
-    log = tmp_path / "skopeo-calls.log"
-    wrapper = tmp_path / "skopeo-wrapper"
-    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which("skopeo")} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
-    yield wrapper, log
-
-
-def _calls(log: Path) -> list[str]:
-    if not log.exists():
-        return []
-    return [line.split("--command-timeout")[1].split()[1] for line in log.read_text().splitlines()]
-
-
 def _requests(reg: Registry, method: str, path: str) -> int:
     """Requests in the registry's access log with this method and a path starting with ``path``."""
     return sum(f'"{method} {path}' in line for line in reg.log_text(tail=10_000_000).splitlines())
@@ -113,7 +94,7 @@ def test_no_change_resync_runs_no_skopeo_inspect_or_copy(destination, auth_regis
     assert sync_once(worker) == 1
     [run] = mirrors.runs(config_id)
     assert (run.status, run.tags_copied) == ("SUCCESS", len(TAGS))
-    first = _calls(log)
+    first = skopeo_commands(log)
     assert "inspect" not in first  # the HEAD gave every digest
     # One copy per tag, plus the one retry the worker makes when distribution answers a transient 500 under
     # concurrent pushes of shared layers (logged "trying again"; seen in CI on PostgreSQL, docker destination).
@@ -131,7 +112,7 @@ def test_no_change_resync_runs_no_skopeo_inspect_or_copy(destination, auth_regis
     run = mirrors.runs(config_id)[-1]
     assert (run.status, run.tags_copied, run.tags_skipped) == ("SUCCESS", 0, len(TAGS))
     assert {t: r.digest for t, r in mirrors.tags(run.id).items()} == digests
-    assert _calls(log) == []  # tags listed and digests read over HTTP
+    assert skopeo_commands(log) == []  # tags listed and digests read over HTTP
     if destination == "docker":  # each tag was in the destination's list: its digest is asked for
         assert _requests(dest, "HEAD", "/v2/org/app/manifests/") == len(TAGS)
 

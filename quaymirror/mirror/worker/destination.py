@@ -36,17 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quaymirror.mirror.worker import reasons
-from quaymirror.mirror.worker.registry_client import RegistryClient, RegistryError
+from quaymirror.mirror.worker.registry_client import INDEX_TYPES, RegistryClient, RegistryError
 from quaymirror.mirror.worker.skopeo import RunFiles, Skopeo
 from quaymirror.settings import Settings
 
 log = logging.getLogger(__name__)
 
 REF_NAME = "org.opencontainers.image.ref.name"
-INDEX_TYPES = frozenset({
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-})
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 MAX_MANIFEST = 4 * 1024 * 1024

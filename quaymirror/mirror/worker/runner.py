@@ -334,6 +334,8 @@ class Worker:
             )}
         renew_after = self.settings.lease_seconds / 3
         for run in active:
+            if run.group.finishing:  # it may have released its claim since `active` was taken: nothing to keep
+                continue
             row = rows.get(run.claimed.config_id)
             if row is not None and row.lease_token == run.lease.token and row.sync_status == RepoMirrorStatus.CANCEL:
                 log.info("mirror config %d: cancelled; stopping its skopeo processes", run.claimed.config_id)

@@ -32,7 +32,8 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +50,14 @@ from quaymirror.mirror.worker.destination import (
     open_repository,
     sha256,
 )
-from quaymirror.mirror.worker.registry_client import RateLimited, RegistryClient, RegistryError
-from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles, Skopeo, Stopped, proxy_env
+from quaymirror.mirror.worker.registry_client import (
+    INDEX_TYPES,
+    ManifestHead,
+    RateLimited,
+    RegistryClient,
+    RegistryError,
+)
+from quaymirror.mirror.worker.skopeo import ProcessGroup, Result, RunFiles, Skopeo, Stopped, proxy_env
 from quaymirror.mirror.worker.tags import filter_tags
 from quaymirror.security import ssrf
 from quaymirror.security.secrets import DecryptionFailed, SecretBox
@@ -113,6 +120,31 @@ class TagResult:
     duration_ms: int | None = None
     stdout: str | None = None
     stderr: str | None = None
+
+
+@dataclass(frozen=True)
+class CopyPlan:
+    """A tag whose upstream digest the destination lacks: to be copied."""
+
+    tag: str
+    digest: str
+    is_index: bool
+
+
+def _failed(done: Callable[..., TagResult], result: Result) -> TagResult:
+    """A failed skopeo command as the tag's result (cancelled when the run was stopped)."""
+    if result.stopped:
+        return done(history.CANCELLED, reason=reasons.CANCELLED, message=result.message)
+    return done(history.FAILED, reason=result.reason, message=result.message, output=result.output,
+                stdout=result.stdout, stderr=result.stderr)
+
+
+def _is_index(raw: bytes) -> bool:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and (doc.get("mediaType") in INDEX_TYPES or "manifests" in doc)
 
 
 class RunFailed(Exception):
@@ -246,7 +278,8 @@ class SyncRun:
 
     def _sync(self, mirror: Mirror, files: RunFiles) -> str:
         skopeo = Skopeo(self.settings.skopeo_path, timeout=mirror.timeout, group=self.group, workdir=files.path,
-                        secrets=[mirror.password, self.settings.storage_password])
+                        secrets=[mirror.password, self.settings.storage_password],
+                        parallel=self.settings.tag_concurrency)
         try:
             destination = open_repository(self.settings, mirror.namespace, mirror.name, files, skopeo)
         except DestinationError as error:
@@ -300,36 +333,53 @@ class SyncRun:
     # -------------------------------------------------------------- tags
     def _copy_all(self, mirror: Mirror, matched: list[str], owned: dict[str, str], skopeo: Skopeo,
                   destination: Repository, src_auth, files: RunFiles) -> list[TagResult]:
+        """Check every tag, then copy those that changed: indexes first.
+
+        An index costs one copy per platform. Started last, one keeps a single
+        slot busy while the others idle at the end of the run; started first,
+        the short copies fill in around it (longest-first scheduling).
+        """
         if not matched:
             return []
         results: list[TagResult] = []
         workers = max(1, min(self.settings.tag_concurrency, len(matched)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"mirror-{mirror.config_id}-tag") as pool:
-            futures = {
-                pool.submit(self._sync_tag, mirror, tag, str(i), skopeo, destination, src_auth, files): tag
-                for i, tag in enumerate(matched)
-            }
-            pending: list[TagResult] = []
-            flushed = time.monotonic()
-            waiting = set(futures)
-            while waiting:
-                finished, waiting = wait(waiting, timeout=RECORD_EVERY, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    result = future.result()
-                    if result is not None:
-                        results.append(result)
-                        pending.append(result)
-                # Skipped tags are written in batches (one transaction, not one per tag); a copy, a failure,
-                # the end or RECORD_EVERY seconds writes what is pending, so a run in progress shows its progress.
-                urgent = any(r.outcome != history.SKIPPED for r in pending)
-                if pending and (urgent or not waiting or time.monotonic() - flushed >= RECORD_EVERY):
-                    self._record(mirror, pending, owned)
-                    pending, flushed = [], time.monotonic()
+            plans = self._gather(mirror, owned, results, [
+                pool.submit(self._check_tag, mirror, tag, skopeo, destination, src_auth) for tag in matched])
+            plans.sort(key=lambda plan: not plan.is_index)
+            self._gather(mirror, owned, results, [
+                pool.submit(self._copy_tag, mirror, plan, str(i), skopeo, destination, src_auth, files)
+                for i, plan in enumerate(plans)])
         order = {tag: i for i, tag in enumerate(matched)}
         return sorted(results, key=lambda r: order.get(r.tag, 0))
 
-    def _sync_tag(self, mirror: Mirror, tag: str, slot: str, skopeo: Skopeo, destination: Repository, src_auth,
-                  files: RunFiles) -> TagResult | None:
+    def _gather(self, mirror: Mirror, owned: dict[str, str], results: list[TagResult],
+                futures: list[Future]) -> list[CopyPlan]:
+        """Record the futures' tag results as they finish; return the copy plans among them."""
+        plans: list[CopyPlan] = []
+        pending: list[TagResult] = []
+        flushed = time.monotonic()
+        waiting = set(futures)
+        while waiting:
+            finished, waiting = wait(waiting, timeout=RECORD_EVERY, return_when=FIRST_COMPLETED)
+            for future in finished:
+                value = future.result()
+                if isinstance(value, CopyPlan):
+                    plans.append(value)
+                elif value is not None:
+                    results.append(value)
+                    pending.append(value)
+            # Skipped tags are written in batches (one transaction, not one per tag); a copy, a failure,
+            # the end or RECORD_EVERY seconds writes what is pending, so a run in progress shows its progress.
+            urgent = any(r.outcome != history.SKIPPED for r in pending)
+            if pending and (urgent or not waiting or time.monotonic() - flushed >= RECORD_EVERY):
+                self._record(mirror, pending, owned)
+                pending, flushed = [], time.monotonic()
+        return plans
+
+    def _check_tag(self, mirror: Mirror, tag: str, skopeo: Skopeo, destination: Repository,
+                   src_auth) -> TagResult | CopyPlan | None:
+        """Compare the upstream digest with the destination's: a skip or a failure, or a copy to make."""
         if self.group.is_stopped:
             return None
         started = time.monotonic()
@@ -337,36 +387,47 @@ class SyncRun:
         def done(outcome: str, **values: Any) -> TagResult:
             return TagResult(tag, outcome, duration_ms=int((time.monotonic() - started) * 1000), **values)
 
-        def failed(result) -> TagResult:
-            if result.stopped:
-                return done(history.CANCELLED, reason=reasons.CANCELLED, message=result.message)
-            return done(history.FAILED, reason=result.reason, message=result.message, output=result.output,
-                        stdout=result.stdout, stderr=result.stderr)
-
-        source = f"docker://{mirror.reference}:{tag}"
         try:
+            head = self._head(mirror, tag)
+        except RateLimited as error:
+            return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error))
+        except TimeoutError:
+            return done(history.FAILED, reason=reasons.TIMEOUT,
+                        message=f"HEAD of {tag} did not finish within {mirror.timeout:.1f}s (timeout)")
+        if head is not None:
+            upstream, is_index = head.digest, head.is_index
+        else:
             try:
-                upstream = self._head_digest(mirror, tag)
-            except RateLimited as error:
-                return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error))
-            except TimeoutError:
-                return done(history.FAILED, reason=reasons.TIMEOUT,
-                            message=f"HEAD of {tag} did not finish within {mirror.timeout:.1f}s (timeout)")
-            if upstream is None:
-                inspected = skopeo.inspect_raw(source, tls_verify=mirror.verify_tls, authfile=src_auth)
-                if not inspected.ok:
-                    return failed(inspected)
-                upstream = sha256(inspected.raw_stdout)
-            try:
-                present = destination.digest(tag)
-            except DestinationError as error:
-                return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=upstream)
-            if present == upstream:
-                return done(history.SKIPPED, digest=upstream)
-            if self.upstream is not None and self.upstream.rate_limit_remaining == 0:
-                return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
-                            message=f"the upstream registry's pull rate limit is exhausted (RateLimit-Remaining: 0); "
-                                    f"{tag} was not copied")
+                inspected = skopeo.inspect_raw(f"docker://{mirror.reference}:{tag}", tls_verify=mirror.verify_tls,
+                                               authfile=src_auth)
+            except Stopped:
+                return None
+            if not inspected.ok:
+                return _failed(done, inspected)
+            upstream, is_index = sha256(inspected.raw_stdout), _is_index(inspected.raw_stdout)
+        try:
+            present = destination.digest(tag)
+        except DestinationError as error:
+            return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=upstream)
+        if present == upstream:
+            return done(history.SKIPPED, digest=upstream)
+        if self.upstream is not None and self.upstream.rate_limit_remaining == 0:
+            return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
+                        message=f"the upstream registry's pull rate limit is exhausted (RateLimit-Remaining: 0); "
+                                f"{tag} was not copied")
+        return CopyPlan(tag, upstream, is_index)
+
+    def _copy_tag(self, mirror: Mirror, plan: CopyPlan, slot: str, skopeo: Skopeo, destination: Repository,
+                  src_auth, files: RunFiles) -> TagResult | None:
+        if self.group.is_stopped:
+            return None
+        tag, upstream = plan.tag, plan.digest
+        started = time.monotonic()
+
+        def done(outcome: str, **values: Any) -> TagResult:
+            return TagResult(tag, outcome, duration_ms=int((time.monotonic() - started) * 1000), **values)
+
+        try:
             try:
                 target = destination.copy_target(tag, slot)
             except (DestinationError, OSError) as error:  # e.g. ENOSPC: say so, per tag
@@ -378,16 +439,16 @@ class SyncRun:
                 # pushes of one index into one repository ("Manifest list must be converted ...").
                 with self._digest_lock(upstream):
                     for attempt in range(1, COPY_ATTEMPTS + 1):
-                        copied = skopeo.copy(source, target.reference, src_tls_verify=mirror.verify_tls,
-                                             src_authfile=src_auth, dest_args=target.args, digestfile=digestfile,
-                                             unsigned=mirror.unsigned)
+                        copied = skopeo.copy(f"docker://{mirror.reference}:{tag}", target.reference,
+                                             src_tls_verify=mirror.verify_tls, src_authfile=src_auth,
+                                             dest_args=target.args, digestfile=digestfile, unsigned=mirror.unsigned)
                         if copied.ok or copied.stopped or copied.reason not in RETRYABLE or attempt == COPY_ATTEMPTS:
                             break
                         log.info("mirror %s: copying %s failed (%s), trying again: %s", mirror.path, tag,
                                  copied.reason, copied.message)
                         self.group.wait(RETRY_PAUSE * attempt)  # returns at once on cancel or shutdown
                 if not copied.ok:
-                    return failed(copied)
+                    return _failed(done, copied)
                 try:
                     digest = destination.commit(tag, target)
                 except (DestinationError, OSError, ValueError) as error:
@@ -423,12 +484,12 @@ class SyncRun:
             return None
         return [t for t in tags if isinstance(t, str)]
 
-    def _head_digest(self, mirror: Mirror, tag: str) -> str | None:
+    def _head(self, mirror: Mirror, tag: str) -> ManifestHead | None:
         """The upstream digest from a manifest HEAD; None when skopeo must tell (no client, no digest, an error)."""
         if self.upstream is None:
             return None
         try:
-            return self.upstream.manifest_digest(self.upstream_repository, tag)
+            return self.upstream.manifest_head(self.upstream_repository, tag)
         except RateLimited:
             raise
         except TimeoutError:
@@ -515,6 +576,7 @@ class SyncRun:
                 results: list[TagResult], *, matched: list[str] | None = None, partial: bool = False,
                 stdout: str | None = None, stderr: str | None = None) -> str:
         mirror = self.mirror
+        self.group.finishing = True
         with self.database.transaction() as session:
             written = status.release_outcome(session, self.claimed.lease, outcome)
             if written is None:
@@ -539,6 +601,7 @@ class SyncRun:
         why = self.group.stopped or STOP_CANCELLED
         if why == STOP_CANCELLED:
             return self._finish(RepoMirrorStatus.CANCEL, reasons.CANCELLED, "cancelled", results)
+        self.group.finishing = True
         with self.database.transaction() as session:
             if why == STOP_SHUTDOWN and status.abandon(session, self.claimed.lease):
                 events.sync_requested(session, self.claimed.config_id)
