@@ -14,7 +14,7 @@ Steps (Quay §4.2, with §7's bugs fixed):
    when that gives no digest (or a proxy is configured), ``skopeo inspect
    --raw`` and the sha256 of the bytes. Skip when
    the destination holds that digest under that tag, else ``skopeo copy --all
-   --preserve-digests``;
+   --preserve-digests``: once every tag is checked, indexes first (the longest copies);
 5. unless the run was stopped: delete the destination tags this mirror created
    earlier and that no longer match upstream (also when nothing matches);
 6. release the claim (SUCCESS / FAIL / CANCEL, or back to SYNC_NOW on
@@ -342,15 +342,15 @@ class SyncRun:
         if not matched:
             return []
         results: list[TagResult] = []
+        order = {tag: i for i, tag in enumerate(matched)}
         workers = max(1, min(self.settings.tag_concurrency, len(matched)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"mirror-{mirror.config_id}-tag") as pool:
             plans = self._gather(mirror, owned, results, [
                 pool.submit(self._check_tag, mirror, tag, skopeo, destination, src_auth) for tag in matched])
-            plans.sort(key=lambda plan: not plan.is_index)
+            plans.sort(key=lambda plan: (not plan.is_index, order[plan.tag]))
             self._gather(mirror, owned, results, [
                 pool.submit(self._copy_tag, mirror, plan, str(i), skopeo, destination, src_auth, files)
                 for i, plan in enumerate(plans)])
-        order = {tag: i for i, tag in enumerate(matched)}
         return sorted(results, key=lambda r: order.get(r.tag, 0))
 
     def _gather(self, mirror: Mirror, owned: dict[str, str], results: list[TagResult],
