@@ -113,7 +113,7 @@ class Settings:
     storage_tls_verify: bool = True
     worker_poll_seconds: float = 10.0
     worker_concurrency: int = 2
-    tag_concurrency: int = 6
+    tag_concurrency: int = 8
     lease_seconds: int = 600
     # A failed mirror is retried no sooner than this (Quay: at the next 30 s pass).
     retry_seconds: float = 30.0
@@ -171,7 +171,7 @@ class Settings:
             read_cache=_bool("READ_CACHE", get("READ_CACHE"), True),
             worker_poll_seconds=_number("WORKER_POLL_SECONDS", get("WORKER_POLL_SECONDS"), 10.0, float, 0.05),
             worker_concurrency=int(_number("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY"), 2, int, 1)),
-            tag_concurrency=int(_number("TAG_CONCURRENCY", get("TAG_CONCURRENCY"), 6, int, 1)),
+            tag_concurrency=int(_number("TAG_CONCURRENCY", get("TAG_CONCURRENCY"), 8, int, 1)),
             lease_seconds=int(_number("LEASE_SECONDS", get("LEASE_SECONDS"), 600, int, 1)),
             retry_seconds=_number("RETRY_SECONDS", get("RETRY_SECONDS"), 30.0, float, 0),
             skopeo_path=get("SKOPEO") or "skopeo",
