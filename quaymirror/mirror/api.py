@@ -6,7 +6,7 @@ for a malformed body), then the body (400), then the repository (404).
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Response, current_app
 from flask_restful import Api, Resource
 from sqlalchemy.orm import aliased
 
@@ -15,7 +15,7 @@ from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import tokens
 from quaymirror.auth.permissions import NS, access_query, decide_repo_role, require_repo_role
 from quaymirror.db import Plain, Prepared
-from quaymirror.errors import NotFound, json_response
+from quaymirror.errors import NotFound, dumps
 from quaymirror.mirror import service
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
 from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig, dump_view
@@ -77,8 +77,9 @@ class _RepositoryRow(Plain):
     full_name = Repository.full_name
 
 
-def _view(namespace: str, repository: str) -> dict:
-    """GET /mirror with one query: the same checks and answers as ``_authorize`` + ``service.describe_config``.
+def _view(namespace: str, repository: str) -> str:
+    """GET /mirror's body with one query: the same checks and answers as ``_authorize`` +
+    ``service.describe_config``.
 
     The statement authenticates the bearer token too; only when the namespace does not exist (no row)
     is the token looked up on its own, to tell 401 from 403.
@@ -96,10 +97,24 @@ def _view(namespace: str, repository: str) -> dict:
     repo = repositories.require(repo)
     if row.config_id is None:
         raise NotFound()
+    kept = _BODIES.get(id(row))
+    if kept is not None and kept[0] is row:
+        return kept[1]
     config = _ConfigRow(**{name: getattr(row, name) for name in _CONFIG_COLUMNS})
     config.root_rule = _ConfigRow(rule_value_json=row.rule_value_json)
     config.internal_robot = Plain(username=row.robot_username) if row.robot_username is not None else None
-    return service.describe_config(config, repo, _box())
+    body = dumps(dump_view(service.describe_config(config, repo, _box())))
+    if len(_BODIES) >= _MAX_BODIES:
+        _BODIES.clear()
+    _BODIES[id(row)] = (row, body)
+    return body
+
+
+# The body of each row the read cache answers again (the very same object, kept here so that its id is not
+# reused): it is derived from the row alone, so it is the same too. The token, its expiry and the caller's
+# roles above are still checked on every request.
+_BODIES: dict[int, tuple[tuple, str]] = {}
+_MAX_BODIES = 4096
 
 
 def _actor() -> service.Actor:
@@ -109,7 +124,7 @@ def _actor() -> service.Actor:
 class RepositoryMirror(Resource):
     def get(self, namespace: str, repository: str):
         # A ready response: flask-restful's representation layer would only produce the same bytes, slower.
-        return json_response(dump_view(_view(namespace, repository)), 200)
+        return Response(_view(namespace, repository), 200, mimetype="application/json")
 
     def post(self, namespace: str, repository: str):
         repo = _authorize(namespace, repository)
