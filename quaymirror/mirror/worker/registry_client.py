@@ -109,8 +109,8 @@ class RegistryClient:
 
     # ----------------------------------------------------------- transport
     def ssl_context(self) -> ssl.SSLContext:
-        """One TLS context for all of this client's connections: loading the CA store costs ~16 ms of CPU,
-        once per thread's connection before. Without verification, no CA store is loaded at all."""
+        """One TLS context for all of this client's connections (each tag thread holds one): loading the CA
+        store costs ~16 ms of CPU. Without verification no CA store is loaded at all."""
         with self._lock:
             if self._ssl is None:
                 if self.tls_verify:
