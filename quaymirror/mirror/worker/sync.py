@@ -131,6 +131,16 @@ class CopyPlan:
     is_index: bool
 
 
+def _timed(tag: str) -> Callable[..., TagResult]:
+    """``done(outcome, **values)``: the tag's result, with the time from now until it is called."""
+    started = time.monotonic()
+
+    def done(outcome: str, **values: Any) -> TagResult:
+        return TagResult(tag, outcome, duration_ms=int((time.monotonic() - started) * 1000), **values)
+
+    return done
+
+
 def _failed(done: Callable[..., TagResult], result: Result) -> TagResult:
     """A failed skopeo command as the tag's result (cancelled when the run was stopped)."""
     if result.stopped:
@@ -382,10 +392,7 @@ class SyncRun:
         """Compare the upstream digest with the destination's: a skip or a failure, or a copy to make."""
         if self.group.is_stopped:
             return None
-        started = time.monotonic()
-
-        def done(outcome: str, **values: Any) -> TagResult:
-            return TagResult(tag, outcome, duration_ms=int((time.monotonic() - started) * 1000), **values)
+        done = _timed(tag)
 
         try:
             head = self._head(mirror, tag)
@@ -422,10 +429,7 @@ class SyncRun:
         if self.group.is_stopped:
             return None
         tag, upstream = plan.tag, plan.digest
-        started = time.monotonic()
-
-        def done(outcome: str, **values: Any) -> TagResult:
-            return TagResult(tag, outcome, duration_ms=int((time.monotonic() - started) * 1000), **values)
+        done = _timed(tag)
 
         try:
             try:
