@@ -115,6 +115,8 @@ class Settings:
     worker_concurrency: int = 2
     tag_concurrency: int = 8
     lease_seconds: int = 600
+    # Each worker renews its heartbeat row this often; the row is stale after heartbeat.STALE_BEATS of these.
+    heartbeat_seconds: float = 5.0
     # A failed mirror is retried no sooner than this (Quay: at the next 30 s pass).
     retry_seconds: float = 30.0
     skopeo_path: str = "skopeo"
@@ -173,6 +175,7 @@ class Settings:
             worker_concurrency=int(_number("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY"), 2, int, 1)),
             tag_concurrency=int(_number("TAG_CONCURRENCY", get("TAG_CONCURRENCY"), 8, int, 1)),
             lease_seconds=int(_number("LEASE_SECONDS", get("LEASE_SECONDS"), 600, int, 1)),
+            heartbeat_seconds=_number("HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), 5.0, float, 0.1),
             retry_seconds=_number("RETRY_SECONDS", get("RETRY_SECONDS"), 30.0, float, 0),
             skopeo_path=get("SKOPEO") or "skopeo",
             skopeo_timeout_max=(

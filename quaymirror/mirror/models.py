@@ -1,4 +1,5 @@
-"""Quay's mirror tables: ``repomirrorconfig`` and ``repomirrorrule`` (enums stored as Quay's integers)."""
+"""Quay's mirror tables: ``repomirrorconfig`` and ``repomirrorrule`` (enums stored as Quay's integers);
+``repomirrorworker``, the live worker processes (which Quay reads from its workers' metrics instead)."""
 
 from __future__ import annotations
 
@@ -131,3 +132,25 @@ _READY = and_(
 )
 Index("ix_repomirrorconfig_ready", RepoMirrorConfig.sync_status, RepoMirrorConfig.sync_start_date, RepoMirrorConfig.id,
       sqlite_where=_READY, postgresql_where=_READY)
+
+
+class RepoMirrorWorker(Base):
+    """One row per live worker process, written only by ``quaymirror.mirror.heartbeat``.
+
+    Quay counts its mirror workers from their Prometheus gauges; here every API replica must see
+    every worker, so each worker says it is alive in the database: inserted at start, ``heartbeat``
+    and ``expires`` renewed every ``QUAYMIRROR_HEARTBEAT_SECONDS``, deleted on a clean stop. A
+    worker killed outright leaves its row behind, which stops counting at ``expires``. The writer
+    sets ``expires`` (rather than readers deriving it from their own setting) so an API process
+    configured with another heartbeat interval still judges every worker by that worker's own beat.
+    """
+
+    __tablename__ = "repomirrorworker"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), unique=True)  # the worker's lease_owner, "host:pid:hex"
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat: Mapped[datetime] = mapped_column(DateTime)
+    expires: Mapped[datetime] = mapped_column(DateTime, index=True)
