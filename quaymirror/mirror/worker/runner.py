@@ -9,10 +9,13 @@
   and a slot that frees up. A wake-up during a pass makes the pass run again.
 * A **keeper** thread looks at the running mirrors' rows every half second:
   a CANCEL (or a lease that is no longer ours) kills that run's skopeo
-  processes at once; the lease is renewed every third of its length.
+  processes at once; the lease is renewed every third of its length. It also
+  beats the worker's heartbeat row every ``QUAYMIRROR_HEARTBEAT_SECONDS``
+  (``quaymirror.mirror.heartbeat``), which the mirror health counts.
 * **Shutdown** (SIGTERM of ``quaymirror worker``, or the API process exiting)
   kills every skopeo process and gives the claims back as SYNC_NOW with no
-  lease, announced with NOTIFY, so another worker takes them at once.
+  lease, announced with NOTIFY, so another worker takes them at once; then it
+  deletes its heartbeat row, so it stops counting at once.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from sqlalchemy import select
 
 from quaymirror import metrics
 from quaymirror.db import Database, utcnow
-from quaymirror.mirror import events, history, status
+from quaymirror.mirror import events, heartbeat, history, status
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker import claims
 from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles
@@ -94,6 +97,8 @@ class Worker:
         self._scheduler: BackgroundScheduler | None = None
         self._listener: events.PgListener | None = None
         self._keeper: threading.Thread | None = None
+        self._started: datetime | None = None  # naive UTC, as the heartbeat row stores it
+        self._registered = False  # the heartbeat row was written once: a later insert means it had been deleted
         self.passes = 0
         self._woken: dict[int, float] = {}  # config id -> when its sync-now wake-up arrived (pick-up metric)
 
@@ -116,6 +121,9 @@ class Worker:
             scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES)
             scheduler.start()
             self._scheduler = scheduler
+        # Counted from the moment start() returns; a database that is down now is retried by the keeper.
+        self._started = utcnow()
+        self._beat()
         self._keeper = threading.Thread(target=self._keep, name="quaymirror-keeper", daemon=True)
         self._keeper.start()
         if self._subscribe:
@@ -149,7 +157,12 @@ class Worker:
         if not self.wait_idle(timeout):
             log.warning("mirror worker %s: %d run(s) still busy after %.0fs", self.owner, len(self._runs), timeout)
         if self._keeper is not None:
-            self._keeper.join(timeout=2)
+            self._keeper.join(timeout=2)  # before the delete: a beat after it would insert the row again
+            try:
+                with self.database.transaction() as session:
+                    heartbeat.remove(session, self.owner)
+            except Exception:  # the database is down: the row goes stale on its own
+                log.warning("mirror worker %s: could not remove its heartbeat row", self.owner, exc_info=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._own_database:
             self.database.dispose()
@@ -313,14 +326,42 @@ class Worker:
                 self._idle.notify_all()
             self.wake()  # a slot is free
 
-    # ---------------------------------------------------- leases and cancel
+    # ---------------------------------------------------- leases, cancel and heartbeat
     def _keep(self) -> None:
+        """Lease checks every tick and heartbeats every interval, each woken at its own time."""
         tick = min(CANCEL_POLL_SECONDS, self.settings.lease_seconds / 4)
-        while not self._stopping.wait(tick):
-            try:
-                self._keep_once()
-            except Exception:  # a database hiccup: keep watching
-                log.warning("mirror worker %s: lease check failed", self.owner, exc_info=True)
+        every = self.settings.heartbeat_seconds
+        next_check = time.monotonic() + tick
+        next_beat = time.monotonic() + every
+        while not self._stopping.wait(max(0.0, min(next_check, next_beat) - time.monotonic())):
+            now = time.monotonic()
+            if now >= next_beat:
+                self._beat()
+                next_beat = time.monotonic() + every
+            if now >= next_check:
+                try:
+                    self._keep_once()
+                except Exception:  # a database hiccup: keep watching
+                    log.warning("mirror worker %s: lease check failed", self.owner, exc_info=True)
+                next_check = time.monotonic() + tick
+
+    def _beat(self) -> None:
+        """Renew the heartbeat row; insert it when it is missing (first beat, or deleted as stale by a peer)."""
+        if self._stopping.is_set():
+            return
+        interval = self.settings.heartbeat_seconds
+        try:
+            with self.database.transaction() as session:
+                renewed = heartbeat.renew(session, self.owner, interval)
+                if not renewed:
+                    heartbeat.register(session, self.owner, self._started or utcnow(), interval)
+        except Exception:  # the database is down: the next beat tries again (insert included)
+            log.warning("mirror worker %s: heartbeat failed", self.owner, exc_info=True)
+            return
+        if not renewed and self._registered:
+            log.warning("mirror worker %s: its heartbeat row was gone (stale after a pause); inserted again",
+                        self.owner)
+        self._registered = True
 
     def _keep_once(self) -> None:
         with self._lock:
