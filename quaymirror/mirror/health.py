@@ -10,8 +10,10 @@ Quay reads worker liveness, pending tags and last-sync times from the worker's
 Prometheus metrics; we read the same facts from the database, which every
 worker process writes anyway:
 
-* ``workers.active``: distinct owners of live leases, plus distinct workers of
-  sync runs started or finished in the last :data:`WORKER_WINDOW`;
+* ``workers.active``: the worker processes alive now, syncing or idle: their
+  heartbeat rows (``quaymirror.mirror.heartbeat``) not yet stale. A worker
+  stopped cleanly stops counting at once; one killed outright, within
+  ``heartbeat.STALE_BEATS`` heartbeat intervals;
 * ``tags_pending``: matched minus done tags of the runs still in progress;
 * last sync of a repository: the end of its last finished run.
 
@@ -26,7 +28,7 @@ from typing import Any
 
 from flask import Response, request
 from flask_restful import Api, Resource
-from sqlalchemy import and_, distinct, func, or_, select, union
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from quaymirror import web
@@ -34,13 +36,13 @@ from quaymirror.accounts.models import User
 from quaymirror.auth.permissions import is_namespace_member, namespace_by_name, superuser_passes
 from quaymirror.db import utcnow
 from quaymirror.errors import Forbidden, InvalidRequest, NotFound, json_response
+from quaymirror.mirror import heartbeat
 from quaymirror.mirror.history import SyncRun
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.repositories.models import Repository, RepositoryState
 
 FAILURE_THRESHOLD = 0.2
 STALE_AFTER = timedelta(hours=24)
-WORKER_WINDOW = timedelta(minutes=5)
 MAX_SAMPLES = 5
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -81,17 +83,8 @@ def _last_sync():
 
 
 def active_workers(session: Session, now: datetime) -> int:
-    leases = select(RepoMirrorConfig.lease_owner.label("owner")).where(
-        RepoMirrorConfig.lease_owner.is_not(None),
-        RepoMirrorConfig.lease_token.is_not(None),
-        RepoMirrorConfig.sync_expiration_date > now,
-    )
-    since = now - WORKER_WINDOW
-    runs = select(SyncRun.worker.label("owner")).where(
-        SyncRun.worker.is_not(None), or_(SyncRun.started >= since, SyncRun.finished >= since)
-    )
-    owners = union(leases, runs).subquery("owners")
-    return int(session.scalar(select(func.count(distinct(owners.c.owner)))) or 0)
+    """Live workers, by heartbeat: leases and runs would miss an idle worker and count a stopped one."""
+    return heartbeat.count_alive(session, now)
 
 
 def _samples(session: Session, conditions: list, extra, last_sync=None) -> list[tuple[str, str]]:

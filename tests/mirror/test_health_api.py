@@ -10,6 +10,7 @@ import pytest
 from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import User
 from quaymirror.db import utcnow
+from quaymirror.mirror import heartbeat
 from quaymirror.mirror.history import RUN_SUCCESS, RUN_SYNCING, SyncRun
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus, new_uuid
 from quaymirror.repositories import service as repositories
@@ -76,6 +77,12 @@ def mirror(world, path: str, status: S = S.SUCCESS, *, enabled: bool = True, ret
                           lease_token=new_uuid(), started=finished - timedelta(seconds=5), finished=finished,
                           status=RUN_SUCCESS))
         return repo.id
+
+
+def alive(world, owner: str) -> None:
+    """The heartbeat row of a live worker (a long interval: fresh for the whole test)."""
+    with world.database.transaction() as s:
+        heartbeat.register(s, owner, utcnow(), 3600)
 
 
 def _box(world):
@@ -189,7 +196,7 @@ def test_exhausted_retries_is_an_error_issue(hw, su_client):
     assert [e["message"] for e in errors] == ["Repository devtable/gaveup has exhausted all retry attempts"]
 
 
-def test_workers_and_tags_pending_come_from_leases_and_runs(hw, su_client, database):
+def test_workers_come_from_heartbeats_and_tags_pending_from_runs(hw, su_client, database):
     repo_id = mirror(hw, "devtable/busy", S.SYNCING, lease_owner="host:1")
     mirror(hw, "devtable/busy2", S.SYNCING, lease_owner="host:2")
     with database.transaction() as s:
@@ -200,8 +207,11 @@ def test_workers_and_tags_pending_come_from_leases_and_runs(hw, su_client, datab
                       lease_token=new_uuid(), started=utcnow() - timedelta(hours=2),
                       finished=utcnow() - timedelta(hours=2), status=RUN_SUCCESS, tags_matched=4, tags_done=4))
     body = get(su_client, hw).get_json()
-    assert body["workers"] == {"active": 2, "configured": 2, "status": "healthy"}
+    assert body["workers"] == {"active": 0, "configured": 0, "status": "healthy"}  # leases and runs: no liveness
     assert body["tags_pending"] == 5
+    alive(hw, "host:1")
+    alive(hw, "host:7")  # idle: no lease, no run
+    assert get(su_client, hw).get_json()["workers"] == {"active": 2, "configured": 2, "status": "healthy"}
 
 
 def test_detailed_lists_repositories_with_pagination(hw, su_client):
@@ -393,6 +403,7 @@ REPLICAS_WARNING = ("2 mirror worker(s) are not reporting in this process "
 @pytest.mark.parametrize("path", [HEALTH, SUPER_HEALTH])
 def test_missing_replicas_degrade_the_health(hw, app_with, path):
     mirror(hw, "devtable/busy", S.SYNCING, lease_owner="host:1")
+    alive(hw, "host:1")
     mirror(hw, "devtable/ok", S.SUCCESS, last_sync_age=timedelta(hours=1))
     client = app_with(worker_replicas=3, superusers_full_access=True).test_client()
     response = client.get(path, headers=hw.headers("super"))
@@ -413,6 +424,7 @@ def test_replicas_all_reporting_or_none_reporting_stay_healthy(hw, app_with):
     assert response.status_code == 200
     assert response.get_json()["workers"] == {"active": 0, "configured": 3, "status": "healthy"}
     mirror(hw, "devtable/busy", S.SYNCING, lease_owner="host:1")
+    alive(hw, "host:1")
     response = super_get(app_with(worker_replicas=1).test_client(), hw)
     assert response.status_code == 200
     assert response.get_json()["workers"] == {"active": 1, "configured": 1, "status": "healthy"}
