@@ -1,4 +1,4 @@
-"""Quay's mirror health (§2.6): ``GET /api/v1/repository/mirror/health`` and
+"""Quay's mirror health: ``GET /api/v1/repository/mirror/health`` and
 ``GET /api/v1/superuser/mirror/health``.
 
 The superuser endpoint answers the same summary for every namespace, without
