@@ -5,12 +5,15 @@ DNS is always replaced by a fixed table, so these tests never hit the network.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterator
 
 import pytest
 
 from quaymirror.security import ssrf
 from quaymirror.security.ssrf import (
+    AllowList,
     ReferenceBlocked,
     ReferenceInvalid,
     ReferenceRejected,
@@ -354,13 +357,28 @@ def test_name_allow_does_not_cover_other_names() -> None:
     assert str(rejection("private.example.com/a", ["quay.io"])) == IP_RESOLVED
 
 
-def test_invalid_allow_entries_are_names() -> None:
-    check_external_reference("localhost/a", ["10.0.0.0/33", "localhost"], resolve=False)
-    assert str(rejection("10.0.0.1/a", ["10.0.0.0/33"])) == IP_LITERAL
+@pytest.mark.parametrize("entry", [
+    "127.0.0.1/33", "10.0.0.0/8x", "10.0.0.0/", "bad host", "-x-", "registry.internal:5000", "quay.io.",
+    "[10.0.0.1]", "[fd00::1", "2130706433", "0x7f.1", "127.1", "127.000.0.1", "300.1.1.1", "_x.example",
+])
+def test_invalid_allow_entries_are_errors_not_names(entry: str) -> None:
+    """A typo read as a host name would allow nothing, silently: it is refused, naming the entry."""
+    with pytest.raises(ValueError, match=re.escape(repr(entry))):
+        AllowList(["localhost", f" {entry} "])
+    with pytest.raises(ValueError, match=re.escape(repr(entry))):
+        check_external_reference("localhost/a", ["localhost", entry], resolve=False)
 
 
-def test_non_canonical_ipv4_not_bypassed_by_allow_list() -> None:
-    assert str(rejection("2130706433/a/b", ["2130706433"], resolve=False)) == IP_LITERAL
+def test_allow_list_parses_each_entry_once() -> None:
+    allow = AllowList([" Registry.Internal ", "10.0.0.0/8", "", "10.1.2.3", "[fd00::/8]", "::1", "[::2]"])
+    assert allow == ("Registry.Internal", "10.0.0.0/8", "10.1.2.3", "[fd00::/8]", "::1", "[::2]")
+    assert allow.names == {"registry.internal"}
+    assert [str(net) for net in allow.networks] == ["10.0.0.0/8", "10.1.2.3/32", "fd00::/8", "::1/128", "::2/128"]
+    assert AllowList.of(allow) is allow
+    assert AllowList.of(["10.0.0.0/8"]).networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert AllowList("localhost").names == {"localhost"}  # one entry given as a string
+    with pytest.raises(TypeError):
+        AllowList([None])  # type: ignore[list-item]
 
 
 # ---------------------------------------------------------------- helpers
