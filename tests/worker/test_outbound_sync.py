@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 from quaymirror.mirror.worker import reasons
+from quaymirror.security import ssrf
 from tests.harness.images import push_images
 from tests.harness.registry import Registry, _yaml_str
-from tests.security.loopback import Recorder, Seen
+from tests.security.loopback import Recorder, Seen, same_port_pair
 from tests.worker.conftest import skopeo_calls, skopeo_commands, sync_once
 
 USER, PASSWORD = "mirror-user", "s3cret"
@@ -230,3 +231,31 @@ def test_a_manifest_head_redirected_to_an_allowed_host_is_followed(
     assert (run.status, run.tags_copied) == ("SUCCESS", 2), run.message
     assert {t: r.digest for t, r in mirrors.tags(run.id).items()} == digests
     assert skopeo_commands(log) == ["copy", "copy"]  # the digest came from the redirected HEAD, not skopeo inspect
+
+
+# ------------------------------------------------------------------ the upstream's own host
+
+
+def test_the_upstream_host_is_checked_again_when_the_client_connects(mirrors, make_worker, counting_skopeo):
+    """DNS rebinding: the reference's name resolves to an allowed address when the run checks it and to a
+    forbidden one when the client connects a moment later. That connect is checked too, so it goes nowhere."""
+    allowed, rebound = same_port_pair()
+    answers: list[str] = []
+
+    def rebinding(host: str) -> list[str]:
+        answers.append(host)
+        return ["127.0.0.1"] if len(answers) == 1 else ["127.0.0.2"]
+
+    with allowed, rebound:
+        config_id = mirrors.create("org/app", f"rebind.test:{allowed.port}/up/app", ["*"])
+        wrapper, log = counting_skopeo
+        worker = make_worker(skopeo_path=str(wrapper))
+        with ssrf.use_resolver(rebinding):
+            assert sync_once(worker) == 1
+    [run] = mirrors.runs(config_id)
+    assert (run.status, run.reason) == ("FAIL", reasons.INVALID_SOURCE)
+    assert run.message == (f"refused to connect to rebind.test:{allowed.port}: "
+                           "URL resolves to a private or reserved IP address")
+    assert answers == ["rebind.test", "rebind.test"]  # the run's check, then the client's connect
+    assert skopeo_commands(log) == []
+    assert allowed.connections == rebound.connections == []
