@@ -444,3 +444,33 @@ def test_default_resolver_failure_is_unresolvable(monkeypatch: pytest.MonkeyPatc
     with use_resolver(ssrf._default_resolver):
         error = rejection("quay.io/a/b")
     assert str(error) == "Cannot resolve hostname 'quay.io'"
+
+
+# ---------------------------------------------------------------- hosts of outbound connections
+
+
+def test_check_host_returns_the_checked_addresses() -> None:
+    assert ssrf.check_host("quay.io") == ["34.224.196.162"]
+    assert ssrf.check_host("93.184.216.34") == ["93.184.216.34"]
+    assert ssrf.check_host("private.example.com", ["10.0.0.0/8"]) == ["10.0.0.1"]
+    assert ssrf.check_host("::1", ["::1"]) == ["::1"]
+    assert ssrf.check_host("localhost", ["localhost"]) == ["127.0.0.1"]
+
+
+def test_check_host_refuses_like_a_reference_and_says_what_for_the_log() -> None:
+    with pytest.raises(ReferenceBlocked) as info:
+        ssrf.check_host("mixed.example.com")
+    assert (str(info.value), info.value.host, info.value.address) == (
+        IP_RESOLVED, "mixed.example.com", "192.168.1.10")
+    assert info.value.explain() == (
+        "host mixed.example.com (192.168.1.10) refused by the SSRF rules: URL resolves to a private or reserved IP "
+        "address; QUAYMIRROR_SSRF_ALLOWED_HOSTS allows it when it lists mixed.example.com or a CIDR containing "
+        "192.168.1.10")
+    with pytest.raises(ReferenceBlocked, match=IP_LITERAL):
+        ssrf.check_host("127.0.0.2", ["127.0.0.1/32"])
+    with pytest.raises(ReferenceBlocked, match="Hostname 'registry.internal' is not allowed"):
+        ssrf.check_host("registry.internal")
+    with pytest.raises(ReferenceInvalid):
+        ssrf.check_host("bad_host")
+    with pytest.raises(ReferenceUnresolvable):
+        ssrf.check_host("nowhere.example.org")
