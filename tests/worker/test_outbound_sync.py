@@ -259,3 +259,18 @@ def test_the_upstream_host_is_checked_again_when_the_client_connects(mirrors, ma
     assert answers == ["rebind.test", "rebind.test"]  # the run's check, then the client's connect
     assert skopeo_commands(log) == []
     assert allowed.connections == rebound.connections == []
+
+
+def test_a_refused_source_keeps_quays_message_and_the_log_names_the_host(mirrors, make_worker, counting_skopeo,
+                                                                         caplog):
+    config_id = mirrors.create("org/app", "127.0.0.2:5000/up/app", ["*"])
+    wrapper, log = counting_skopeo
+    with caplog.at_level("WARNING", logger="quaymirror.mirror.worker.sync"):
+        assert sync_once(make_worker(skopeo_path=str(wrapper))) == 1
+    [run] = mirrors.runs(config_id)
+    assert (run.status, run.reason, run.message) == ("FAIL", reasons.INVALID_SOURCE,
+                                                     "Source registry location is not allowed")
+    assert skopeo_commands(log) == []
+    assert ("mirror org/app: source refused: host 127.0.0.2 refused by the SSRF rules: URL points to a private or "
+            "reserved IP address; QUAYMIRROR_SSRF_ALLOWED_HOSTS allows it when it lists 127.0.0.2 or a CIDR "
+            "containing it") in [r.getMessage() for r in caplog.records]

@@ -303,11 +303,9 @@ class SyncRun:
         except ssrf.ReferenceUnresolvable as error:
             # Quay bug #30: a DNS failure is not a forbidden source; it is transient.
             raise RunFailed(reasons.CONNECTION_ERROR, str(error), "Not applicable", "Not applicable") from None
-        except ssrf.ReferenceBlocked as error:
-            log.warning("mirror %s: source refused: %s", mirror.path, error.explain())
-            raise RunFailed(reasons.INVALID_SOURCE, "Source registry location is not allowed",
-                            "Not applicable", "Not applicable") from None
-        except ssrf.ReferenceRejected:
+        except ssrf.ReferenceRejected as error:
+            if isinstance(error, ssrf.ReferenceBlocked):  # Quay's message hides the host; the log names it
+                log.warning("mirror %s: source refused: %s", mirror.path, error.explain())
             raise RunFailed(reasons.INVALID_SOURCE, "Source registry location is not allowed",
                             "Not applicable", "Not applicable") from None
 
