@@ -3,7 +3,9 @@
 Real processes on loopback: docker-registry (with token auth where a realm is
 involved), skopeo through the counting wrapper, the worker in-process. Only
 127.0.0.1/32 is allow-listed; 127.0.0.2 plays the forbidden host, with a
-listener there that must see no connection.
+listener there that must see no connection. The token endpoint is a stand-in
+(no token server is installed here): a small HTTP server signing the JWTs the
+real registry verifies.
 """
 
 from __future__ import annotations
