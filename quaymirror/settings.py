@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from quaymirror.security.ssrf import NOTHING_ALLOWED, AllowList
+
 PREFIX = "QUAYMIRROR_"
 
 
@@ -55,6 +57,14 @@ def _list(raw: str | None) -> tuple[str, ...]:
     if not raw:
         return ()
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _allow_list(raw: str | None) -> AllowList:
+    """The SSRF allow list; a bad entry stops the start (a typo would otherwise allow nothing, silently)."""
+    try:
+        return AllowList(_list(raw))
+    except ValueError as error:
+        raise SettingsError(f"{PREFIX}SSRF_ALLOWED_HOSTS: {error}") from None
 
 
 def _secret_key(instance_path: Path) -> str:
@@ -104,7 +114,7 @@ class Settings:
     instance_path: Path
     database_url: str
     secret_key: str
-    ssrf_allowed_hosts: tuple[str, ...] = ()
+    ssrf_allowed_hosts: AllowList = NOTHING_ALLOWED
     superusers_full_access: bool = False
     feature_sparse_index: bool = False
     storage: str = ""
@@ -163,7 +173,7 @@ class Settings:
             instance_path=instance_path,
             database_url=database_url,
             secret_key=secret_key,
-            ssrf_allowed_hosts=_list(get("SSRF_ALLOWED_HOSTS")),
+            ssrf_allowed_hosts=_allow_list(get("SSRF_ALLOWED_HOSTS")),
             superusers_full_access=_bool("SUPERUSERS_FULL_ACCESS", get("SUPERUSERS_FULL_ACCESS"), False),
             feature_sparse_index=_bool("FEATURE_SPARSE_INDEX", get("FEATURE_SPARSE_INDEX"), False),
             storage=storage,

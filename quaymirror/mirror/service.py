@@ -133,10 +133,12 @@ def describe_config(config: RepoMirrorConfig, repository: Repository, box: Secre
 
 
 def check_reference(reference: str, settings: Settings) -> None:
-    """Format and SSRF checks with DNS (§5.1); a blocked target gets a generic text (no oracle)."""
+    """Format and SSRF checks with DNS; a blocked target gets Quay's generic text (no oracle for the client),
+    and the server log says which host was refused and how the allow list would let it through."""
     try:
         ssrf.check_external_reference(reference, settings.ssrf_allowed_hosts, resolve=True)
-    except ssrf.ReferenceBlocked:
+    except ssrf.ReferenceBlocked as error:
+        log.info("mirror reference refused: %s", error.explain())
         raise InvalidRequest(MSG_NOT_ALLOWED) from None
     except ssrf.ReferenceRejected as error:
         raise InvalidRequest(str(error)) from None

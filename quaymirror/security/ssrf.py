@@ -1,10 +1,15 @@
-"""Validation of external registry references (SSRF protection).
+"""Validation of external registry references and of outbound hosts (SSRF protection).
 
-Mirrors Quay's ``util/security/ssrf.py``: a reference such as
-``quay.io/namespace/repo`` is checked for format first, then its registry
-host is checked so a mirror can't be pointed at loopback, link-local,
-cloud-metadata or cluster-internal endpoints.  One deliberate extra rule
-refuses tags/digests in the path because they break skopeo references.
+As in Quay, a reference such as ``quay.io/namespace/repo`` is checked for
+format first, then its registry host is checked so a mirror can't be pointed
+at loopback, link-local, cloud-metadata or cluster-internal endpoints.  One
+deliberate extra rule refuses tags/digests in the path because they break
+skopeo references.
+
+The same host rules apply to every connection quaymirror opens
+(:func:`check_host`, used by :mod:`quaymirror.security.outbound`), and the
+allow list (``QUAYMIRROR_SSRF_ALLOWED_HOSTS``) is parsed strictly, once, into
+an :class:`AllowList`.
 """
 
 from __future__ import annotations
@@ -13,19 +18,24 @@ import ipaddress
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Self
 
 __all__ = [
+    "ALLOW_LIST_VARIABLE",
     "BLOCKED_HOSTNAMES",
     "BLOCKED_NETWORKS",
+    "NOTHING_ALLOWED",
+    "AllowList",
     "ReferenceBlocked",
     "ReferenceInvalid",
     "ReferenceRejected",
     "ReferenceUnresolvable",
     "Resolver",
     "check_external_reference",
+    "check_host",
     "registry_host",
     "resolve_host",
     "set_resolver",
@@ -48,6 +58,8 @@ MSG_TAG = "External registry reference must not include a tag or digest"
 MSG_IP_LITERAL = "URL points to a private or reserved IP address"
 MSG_IP_RESOLVED = "URL resolves to a private or reserved IP address"
 
+ALLOW_LIST_VARIABLE = "QUAYMIRROR_SSRF_ALLOWED_HOSTS"
+
 
 class ReferenceRejected(ValueError):
     """Base class so callers can catch every rejection in one place."""
@@ -58,7 +70,27 @@ class ReferenceInvalid(ReferenceRejected):
 
 
 class ReferenceBlocked(ReferenceRejected):
-    """SSRF block; the API shows only a generic message to avoid an oracle."""
+    """SSRF block; the API shows only a generic message to avoid an oracle.
+
+    ``host`` and ``address`` (the resolved address that was refused, if any)
+    are for the operator's log, which may say what the client is not told.
+    """
+
+    def __init__(self, message: str, *, host: str = "", address: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.address = address
+
+    def explain(self) -> str:
+        """One log line: what was refused, and the allow-list entry that would let it through."""
+        subject = self.host or "the host"
+        if self.address and self.address != self.host:
+            subject += f" ({self.address})"
+        entry = self.host
+        if self.address:
+            entry += " or a CIDR containing " + ("it" if self.address == self.host else self.address)
+        return (f"host {subject} refused by the SSRF rules: {self}; {ALLOW_LIST_VARIABLE} allows it "
+                f"when it lists {entry}")
 
 
 class ReferenceUnresolvable(ReferenceRejected):
@@ -318,29 +350,73 @@ def _is_blocked_name(host: str) -> bool:
     return name in BLOCKED_HOSTNAMES or name.endswith(BLOCKED_SUFFIXES)
 
 
-def _parse_allow_list(allowed_hosts: Sequence[str]) -> tuple[list[IPNetwork], set[str]]:
-    """Split allow-list entries into networks and (lower-cased) names."""
-    networks: list[IPNetwork] = []
-    names: set[str] = set()
-    if isinstance(allowed_hosts, str):
-        allowed_hosts = [allowed_hosts]
-    for entry in allowed_hosts or ():
-        if not isinstance(entry, str) or not entry.strip():
-            continue
-        text = entry.strip()
-        candidate = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+class AllowList(tuple[str, ...]):
+    """The SSRF allow list, parsed once: its entries as written, and the networks and names they stand for.
+
+    A tuple of the entry texts, so it compares (and prints) like the list the
+    operator wrote.  Each entry is an IP address, a CIDR (``[v6]`` brackets
+    allowed) or a DNS host name; anything else (``127.0.0.1/33``,
+    ``10.0.0.0/8x``, ``bad host``, ``-x-``, ``registry:5000``) raises
+    ValueError naming the entry, because a typo silently read as a host name
+    would allow nothing and say nothing.
+    """
+
+    networks: tuple[IPNetwork, ...]
+    names: frozenset[str]
+
+    def __new__(cls, entries: Iterable[str] = ()) -> Self:
+        if isinstance(entries, str):
+            entries = [entries]
+        texts: list[str] = []
+        networks: list[IPNetwork] = []
+        names: set[str] = set()
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise TypeError(f"allow-list entries are strings, not {entry!r}")
+            text = entry.strip()
+            if not text:
+                continue
+            network = _allow_network(text)
+            if network is not None:
+                networks.append(network)
+            else:
+                names.add(text.lower())
+            texts.append(text)
+        allow = super().__new__(cls, texts)
+        allow.networks = tuple(networks)
+        allow.names = frozenset(names)
+        return allow
+
+    @classmethod
+    def of(cls, value: Iterable[str]) -> AllowList:
+        """``value`` itself when already parsed, else parsed (tests and overrides pass plain tuples)."""
+        return value if isinstance(value, AllowList) else cls(value)
+
+    def allows_ip(self, ip: IPAddress) -> bool:
+        return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def allows_name(self, host: str) -> bool:
+        return host.lower() in self.names
+
+
+NOTHING_ALLOWED = AllowList()
+
+
+def _allow_network(text: str) -> IPNetwork | None:
+    """The network an allow-list entry stands for; None for a host name; ValueError for neither."""
+    bracketed = text.startswith("[") and text.endswith("]")
+    candidate = text[1:-1] if bracketed else text
+    if bracketed or "/" in candidate or ":" in candidate or _NUMERIC_HOST_RE.match(candidate):
         try:
-            networks.append(ipaddress.ip_network(candidate, strict=False))
-            continue
+            network = ipaddress.ip_network(candidate, strict=False)
         except ValueError:
-            pass
-        names.add(text.lower())
-    return networks, names
-
-
-def _ip_allowed(ip: IPAddress, networks: Sequence[IPNetwork]) -> bool:
-    """True when ``ip`` falls in an allow-listed network."""
-    return any(ip.version == net.version and ip in net for net in networks)
+            raise ValueError(f"{text!r} is not an IP address, a CIDR or a host name") from None
+        if bracketed and network.version != 6:
+            raise ValueError(f"{text!r} is not an IP address, a CIDR or a host name")
+        return network
+    if not _is_valid_dns_name(candidate):
+        raise ValueError(f"{text!r} is not an IP address, a CIDR or a host name")
+    return None
 
 
 def _to_ip(address: str) -> IPAddress | None:
@@ -352,40 +428,57 @@ def _to_ip(address: str) -> IPAddress | None:
 
 
 def check_external_reference(
-    reference: object, allowed_hosts: Sequence[str] = (), *, resolve: bool = True
+    reference: object, allowed_hosts: Iterable[str] = (), *, resolve: bool = True
 ) -> None:
     """Raise a ReferenceRejected subclass unless ``reference`` is safe to mirror.
 
-    ``allowed_hosts`` holds CIDRs/IPs or hostnames that bypass the SSRF
-    checks (never the format checks).  With ``resolve`` the host is looked up
-    and every resolved address must be public (or allow-listed).
+    ``allowed_hosts`` (an :class:`AllowList`, or entries to parse into one)
+    holds CIDRs/IPs or hostnames that bypass the SSRF checks (never the
+    format checks).  With ``resolve`` the host is looked up and every resolved
+    address must be public (or allow-listed).
     """
     parsed = _parse(reference)
-    host = parsed.host
-    networks, names = _parse_allow_list(allowed_hosts)
+    _check(parsed.host, parsed.ip, AllowList.of(allowed_hosts), resolve)
 
-    if parsed.ip is not None:
-        if _ip_allowed(parsed.ip, networks) or host.lower() in names:
-            return
-        if _is_blocked_ip(parsed.ip):
-            raise ReferenceBlocked(MSG_IP_LITERAL)
-        return
+
+def check_host(host: str, allowed_hosts: Iterable[str] = ()) -> list[str]:
+    """The addresses quaymirror may connect to for ``host`` (as in a URL: a name, or an IP without brackets).
+
+    The host is resolved once and every address is checked, as for a
+    reference with DNS; the caller connects to these addresses and to no
+    other, so the answer cannot change between the check and the connect.
+    Raises ReferenceInvalid for a malformed host, ReferenceBlocked, or
+    ReferenceUnresolvable.
+    """
+    ip = _parse_host(host, ":" in host)
+    return _check(host, ip, AllowList.of(allowed_hosts), True)
+
+
+def _check(host: str, ip: IPAddress | None, allow: AllowList, resolve: bool) -> list[str]:
+    """The SSRF rules for one host; returns the checked addresses (none without ``resolve``)."""
+    if ip is not None:
+        if allow.allows_ip(ip) or allow.allows_name(host):
+            return [str(ip)]
+        if _is_blocked_ip(ip):
+            raise ReferenceBlocked(MSG_IP_LITERAL, host=host, address=str(ip))
+        return [str(ip)]
 
     if _NUMERIC_HOST_RE.match(host):
-        raise ReferenceBlocked(MSG_IP_LITERAL)
+        raise ReferenceBlocked(MSG_IP_LITERAL, host=host)
 
-    name_allowed = host.lower() in names
+    name_allowed = allow.allows_name(host)
     if not resolve:
         if not name_allowed and _is_blocked_name(host):
-            raise ReferenceBlocked(f"Hostname '{host}' is not allowed")
-        return
+            raise ReferenceBlocked(f"Hostname '{host}' is not allowed", host=host)
+        return []
 
     addresses = resolve_host(host)
     if name_allowed:
-        return
+        return addresses
     ips = [_to_ip(address) for address in addresses]
-    if _is_blocked_name(host) and not any(ip is not None and _ip_allowed(ip, networks) for ip in ips):
-        raise ReferenceBlocked(f"Hostname '{host}' is not allowed")
-    for ip in ips:
-        if ip is None or (_is_blocked_ip(ip) and not _ip_allowed(ip, networks)):
-            raise ReferenceBlocked(MSG_IP_RESOLVED)
+    if _is_blocked_name(host) and not any(each is not None and allow.allows_ip(each) for each in ips):
+        raise ReferenceBlocked(f"Hostname '{host}' is not allowed", host=host)
+    for address, each in zip(addresses, ips, strict=True):
+        if each is None or (_is_blocked_ip(each) and not allow.allows_ip(each)):
+            raise ReferenceBlocked(MSG_IP_RESOLVED, host=host, address=address)
+    return addresses

@@ -5,12 +5,15 @@ DNS is always replaced by a fixed table, so these tests never hit the network.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterator
 
 import pytest
 
 from quaymirror.security import ssrf
 from quaymirror.security.ssrf import (
+    AllowList,
     ReferenceBlocked,
     ReferenceInvalid,
     ReferenceRejected,
@@ -354,13 +357,28 @@ def test_name_allow_does_not_cover_other_names() -> None:
     assert str(rejection("private.example.com/a", ["quay.io"])) == IP_RESOLVED
 
 
-def test_invalid_allow_entries_are_names() -> None:
-    check_external_reference("localhost/a", ["10.0.0.0/33", "localhost"], resolve=False)
-    assert str(rejection("10.0.0.1/a", ["10.0.0.0/33"])) == IP_LITERAL
+@pytest.mark.parametrize("entry", [
+    "127.0.0.1/33", "10.0.0.0/8x", "10.0.0.0/", "bad host", "-x-", "registry.internal:5000", "quay.io.",
+    "[10.0.0.1]", "[fd00::1", "2130706433", "0x7f.1", "127.1", "127.000.0.1", "300.1.1.1", "_x.example",
+])
+def test_invalid_allow_entries_are_errors_not_names(entry: str) -> None:
+    """A typo read as a host name would allow nothing, silently: it is refused, naming the entry."""
+    with pytest.raises(ValueError, match=re.escape(repr(entry))):
+        AllowList(["localhost", f" {entry} "])
+    with pytest.raises(ValueError, match=re.escape(repr(entry))):
+        check_external_reference("localhost/a", ["localhost", entry], resolve=False)
 
 
-def test_non_canonical_ipv4_not_bypassed_by_allow_list() -> None:
-    assert str(rejection("2130706433/a/b", ["2130706433"], resolve=False)) == IP_LITERAL
+def test_allow_list_parses_each_entry_once() -> None:
+    allow = AllowList([" Registry.Internal ", "10.0.0.0/8", "", "10.1.2.3", "[fd00::/8]", "::1", "[::2]"])
+    assert allow == ("Registry.Internal", "10.0.0.0/8", "10.1.2.3", "[fd00::/8]", "::1", "[::2]")
+    assert allow.names == {"registry.internal"}
+    assert [str(net) for net in allow.networks] == ["10.0.0.0/8", "10.1.2.3/32", "fd00::/8", "::1/128", "::2/128"]
+    assert AllowList.of(allow) is allow
+    assert AllowList.of(["10.0.0.0/8"]).networks == (ipaddress.ip_network("10.0.0.0/8"),)
+    assert AllowList("localhost").names == {"localhost"}  # one entry given as a string
+    with pytest.raises(TypeError):
+        AllowList([None])  # type: ignore[list-item]
 
 
 # ---------------------------------------------------------------- helpers
@@ -426,3 +444,33 @@ def test_default_resolver_failure_is_unresolvable(monkeypatch: pytest.MonkeyPatc
     with use_resolver(ssrf._default_resolver):
         error = rejection("quay.io/a/b")
     assert str(error) == "Cannot resolve hostname 'quay.io'"
+
+
+# ---------------------------------------------------------------- hosts of outbound connections
+
+
+def test_check_host_returns_the_checked_addresses() -> None:
+    assert ssrf.check_host("quay.io") == ["34.224.196.162"]
+    assert ssrf.check_host("93.184.216.34") == ["93.184.216.34"]
+    assert ssrf.check_host("private.example.com", ["10.0.0.0/8"]) == ["10.0.0.1"]
+    assert ssrf.check_host("::1", ["::1"]) == ["::1"]
+    assert ssrf.check_host("localhost", ["localhost"]) == ["127.0.0.1"]
+
+
+def test_check_host_refuses_like_a_reference_and_says_what_for_the_log() -> None:
+    with pytest.raises(ReferenceBlocked) as info:
+        ssrf.check_host("mixed.example.com")
+    assert (str(info.value), info.value.host, info.value.address) == (
+        IP_RESOLVED, "mixed.example.com", "192.168.1.10")
+    assert info.value.explain() == (
+        "host mixed.example.com (192.168.1.10) refused by the SSRF rules: URL resolves to a private or reserved IP "
+        "address; QUAYMIRROR_SSRF_ALLOWED_HOSTS allows it when it lists mixed.example.com or a CIDR containing "
+        "192.168.1.10")
+    with pytest.raises(ReferenceBlocked, match=IP_LITERAL):
+        ssrf.check_host("127.0.0.2", ["127.0.0.1/32"])
+    with pytest.raises(ReferenceBlocked, match="Hostname 'registry.internal' is not allowed"):
+        ssrf.check_host("registry.internal")
+    with pytest.raises(ReferenceInvalid):
+        ssrf.check_host("bad_host")
+    with pytest.raises(ReferenceUnresolvable):
+        ssrf.check_host("nowhere.example.org")

@@ -286,8 +286,11 @@ class RegistryRepository:
         self.files = files
         self.skopeo = skopeo
         self.tls_verify = settings.storage_tls_verify
+        # The configured host is the operator's own registry (usually private): trusted without an allow-list
+        # entry. Its realms and redirects on other hosts are checked like any upstream's.
         self.client = RegistryClient(host, username=settings.storage_username, password=settings.storage_password,
-                                     tls_verify=settings.storage_tls_verify)
+                                     tls_verify=settings.storage_tls_verify,
+                                     allowed_hosts=settings.ssrf_allowed_hosts, trust_host=True)
         creds = {host: (settings.storage_username, settings.storage_password)} if settings.storage_username else {}
         self.authfile = files.authfile("dest-auth.json", creds)
         self.no_proxy = [host.partition(":")[0], host]

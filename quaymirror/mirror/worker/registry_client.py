@@ -1,17 +1,25 @@
-"""A minimal OCI distribution client for the ``docker://`` destination: digests, manifests, tag lists.
+"""A minimal OCI distribution client (the upstream, and the ``docker://`` destination): digests, manifests, tags.
 
 Why not skopeo for these: a ``HEAD`` is ten times faster than ``skopeo
-inspect`` (registry-harness notes), and the worker asks for one digest per
-matching tag on every run. The ``Accept`` header must list the OCI and Docker
-index/manifest types, otherwise distribution answers 404 for an OCI index and
-converts a Docker list to schema1 (another digest).
+inspect``, and the worker asks for one digest per matching tag on every run.
+The ``Accept`` header must list the OCI and Docker index/manifest types,
+otherwise distribution answers 404 for an OCI index and converts a Docker
+list to schema1 (another digest).
 
 Authentication: HTTP basic, or the bearer-token flow (``WWW-Authenticate:
 Bearer realm=...``) with the basic credentials. TLS: verified, or with
 verification off tried first over https and then over plain http, as skopeo's
-``--tls-verify=false`` does. Environment proxies are never used: the
-destination is ours, not the upstream's (the sync run uses skopeo for an
-upstream behind a proxy).
+``--tls-verify=false`` does. Environment proxies are never used (the sync run
+hands an upstream behind a proxy to skopeo).
+
+Every connection, to the registry itself, to a token realm, or to wherever a
+redirect (301/302/303/307/308, at most :data:`MAX_REDIRECTS` hops) points, is
+opened by :func:`quaymirror.security.outbound.connection`: the SSRF rules and
+the allow list are applied to the host after resolution, every time it
+connects, and a refusal raises :class:`~quaymirror.security.outbound.OutboundRefused`,
+which this client never catches. The ``Authorization`` header (basic or
+bearer) goes only to the origin it was meant for: a redirect to another
+scheme, host or port is followed without it.
 
 Connections are kept alive and reused: one per thread and host (a sync run's
 tag threads each hold one), re-opened once when the server closed an idle one.
@@ -28,7 +36,10 @@ import re
 import ssl
 import threading
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from quaymirror.security.outbound import OutboundRefused, Policy, connection
 
 INDEX_TYPES = frozenset({
     "application/vnd.oci.image.index.v1+json",
@@ -42,6 +53,9 @@ MANIFEST_ACCEPT = (
 )
 TIMEOUT = 30.0
 MAX_BODY = 16 * 1024 * 1024
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # The scheme found for hosts with TLS verification off (https, or plain http after a failed TLS probe).
 _SCHEMES: dict[str, str] = {}
@@ -78,10 +92,30 @@ class Response:
     body: bytes
 
 
+# Where a request goes: (scheme, host, port), the key of the kept-alive connections too.
+Origin = tuple[str, str, int]
+
+
 class RegistryClient:
+    """A client of the registry at ``host`` (``name[:port]``, ``[v6][:port]``).
+
+    ``allowed_hosts`` is the SSRF allow list applied to every host it connects
+    to. ``trust_host`` exempts ``host`` itself (any port) from the SSRF rules:
+    the operator's own ``docker://`` destination; the upstream client passes
+    False, so even its own host is checked every time it connects.
+    """
+
     def __init__(self, host: str, *, username: str | None = None, password: str | None = None,
-                 tls_verify: bool = True, timeout: float = TIMEOUT) -> None:
+                 tls_verify: bool = True, timeout: float = TIMEOUT, allowed_hosts: Iterable[str] = (),
+                 trust_host: bool = True) -> None:
         self.host = host
+        split = urllib.parse.urlsplit(f"//{host}")
+        self._hostname = split.hostname or host
+        try:
+            self._port = split.port
+        except ValueError:  # not a port: the connection fails, as a request to a bad host does
+            self._hostname, self._port = host, None
+        self.policy = Policy.of(allowed_hosts, [self._hostname] if trust_host else [])
         self._basic = (
             "Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode() if username else None
         )
@@ -121,25 +155,20 @@ class RegistryClient:
                     self._ssl.verify_mode = ssl.CERT_NONE
             return self._ssl
 
-    def _connection(self, scheme: str) -> http.client.HTTPConnection:
-        host, _, port = self.host.partition(":")
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, int(port) if port else None, timeout=self.timeout,
-                                               context=self.ssl_context())
-        return http.client.HTTPConnection(host, int(port) if port else None, timeout=self.timeout)
-
-    def _pooled(self, key: tuple[str, str, int | None], make) -> http.client.HTTPConnection:
+    def _pooled(self, key: Origin) -> http.client.HTTPConnection:
         conns = getattr(self._local, "conns", None)
         if conns is None:
             conns = self._local.conns = {}
         conn = conns.get(key)
         if conn is None:
-            conn = conns[key] = make()
+            scheme, host, port = key
+            conn = conns[key] = connection(scheme, host, port, policy=self.policy, timeout=self.timeout,
+                                           context=self.ssl_context() if scheme == "https" else None)
             with self._lock:
                 self._open.append(conn)
         return conn
 
-    def _drop(self, key: tuple[str, str, int | None]) -> None:
+    def _drop(self, key: Origin) -> None:
         conn = getattr(self._local, "conns", {}).pop(key, None)
         if conn is not None:
             conn.close()
@@ -148,23 +177,48 @@ class RegistryClient:
                     self._open.remove(conn)
 
     def _send(self, scheme: str, method: str, url: str, headers: dict[str, str]) -> Response:
+        """``url`` (a path on this registry, or an absolute URL: a token realm), following redirects.
+
+        A redirect is followed to any host the SSRF rules allow (the opener
+        refuses the others before connecting), with the ``Authorization``
+        header only when it points back to the origin that header was meant for.
+        """
         parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme:  # an absolute URL: a token realm
-            key = (parsed.scheme, parsed.hostname or "", parsed.port)
-
-            def make() -> http.client.HTTPConnection:
-                return _absolute_connection(parsed, self)
-
-            path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        origin: Origin
+        if parsed.scheme:
+            try:
+                origin, path = _target(url)
+            except ValueError:
+                raise RegistryError(f"unusable URL {parsed.scheme}://{parsed.netloc}{parsed.path}") from None
         else:
-            key = (scheme, self.host, None)
+            origin, path = (scheme, self._hostname, self._port or DEFAULT_PORTS[scheme]), url
+        first = f"{method} {parsed.path}"
+        target, sent = origin, headers
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                resp = self._exchange(target, method, path, sent)
+            except OutboundRefused as refused:
+                if hop:
+                    raise refused.during(f"redirect of {first}") from None
+                raise
+            location = resp.headers.get("Location") if resp.status in REDIRECTS else None
+            if not location:
+                return resp
+            here = f"{target[0]}://{_authority(target[1], target[2])}{path}"
+            try:
+                target, path = _target(urllib.parse.urljoin(here, location.strip()))
+            except ValueError:
+                raise RegistryError(f"{first} was redirected (HTTP {resp.status}) to an unusable location",
+                                    resp.status) from None
+            if resp.status == 303 and method != "HEAD":
+                method = "GET"
+            sent = headers if target == origin else {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        raise RegistryError(f"{first}: more than {MAX_REDIRECTS} redirects")
 
-            def make() -> http.client.HTTPConnection:
-                return self._connection(scheme)
-
-            path = url
+    def _exchange(self, key: Origin, method: str, path: str, headers: dict[str, str]) -> Response:
+        """One request and its response on this thread's kept-alive connection to ``key``."""
         for attempt in (1, 2):
-            conn = self._pooled(key, make)
+            conn = self._pooled(key)
             reused = conn.sock is not None
             try:
                 conn.request(method, path, headers=headers)
@@ -189,7 +243,7 @@ class RegistryClient:
                 self._drop(key)
                 if not reused or attempt == 2:  # a fresh connection failed: a real error
                     raise
-            except BaseException:
+            except BaseException:  # an SSRF refusal among them: never retried, never caught here
                 self._drop(key)
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
@@ -275,7 +329,10 @@ class RegistryClient:
         query.append(("scope", scope))
         url = urllib.parse.urlunsplit(split._replace(query=urllib.parse.urlencode(query)))
         headers = {"Authorization": self._basic} if self._basic else {}
-        resp = self._send(scheme, "GET", url, headers)
+        try:
+            resp = self._send(scheme, "GET", url, headers)
+        except OutboundRefused as refused:
+            raise refused.during("token realm" + (f", {refused.purpose}" if refused.purpose else "")) from None
         if resp.status != 200:
             return None
         try:
@@ -332,12 +389,17 @@ class RegistryClient:
         return found
 
 
-def _absolute_connection(parsed: urllib.parse.SplitResult, client: RegistryClient) -> http.client.HTTPConnection:
-    port = parsed.port
-    if parsed.scheme == "https":
-        return http.client.HTTPSConnection(parsed.hostname or "", port, timeout=client.timeout,
-                                           context=client.ssl_context())
-    return http.client.HTTPConnection(parsed.hostname or "", port, timeout=client.timeout)
+def _target(url: str) -> tuple[Origin, str]:
+    """The origin and the path (with the query) of an absolute http(s) URL; ValueError for anything else."""
+    split = urllib.parse.urlsplit(url)
+    if split.scheme not in DEFAULT_PORTS or not split.hostname:
+        raise ValueError(url)
+    path = (split.path or "/") + (f"?{split.query}" if split.query else "")
+    return (split.scheme, split.hostname.lower(), split.port or DEFAULT_PORTS[split.scheme]), path
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _quote(repository: str) -> str:

@@ -1,6 +1,6 @@
 """One sync run of one claimed mirror: check, list, filter, compare digests, copy or skip, prune, record.
 
-Steps (Quay §4.2, with §7's bugs fixed):
+Steps (Quay's, with its known bugs fixed):
 
 1. load the configuration and decrypt the upstream credentials;
 2. re-check the reference against the SSRF rules (with DNS): a refusal is a
@@ -24,6 +24,21 @@ Steps (Quay §4.2, with §7's bugs fixed):
 Every tag's result is written as soon as it is known, so a run in progress
 shows its progress. Credentials reach skopeo only through authfiles in a
 private directory that is removed when the run ends.
+
+Outbound requests: every HTTP request the worker itself makes (the tag list,
+each manifest ``HEAD``, a token realm, every ``Location`` it follows, the
+``docker://`` destination's look-ups) goes through
+:mod:`quaymirror.security.outbound`, which applies the SSRF rules and
+``QUAYMIRROR_SSRF_ALLOWED_HOSTS`` to the host it connects to, after
+resolution, every time. A refused realm or redirect fails the tag (on a
+``HEAD``) or the run (on the tag list) with reason ``invalid_source`` and a
+message naming the host; skopeo is then not started for it, since it would
+follow the same realm or redirect unchecked. What stays outside the opener is
+skopeo's own traffic: the copies (blob downloads, which registries commonly
+redirect to storage hosts), the look-ups it makes when the HTTP client gave
+no answer, and everything of a mirror with a proxy (whose requests are all
+handed to skopeo). For those only the reference's host is checked, before the
+run.
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +75,7 @@ from quaymirror.mirror.worker.registry_client import (
 from quaymirror.mirror.worker.skopeo import ProcessGroup, Result, RunFiles, Skopeo, Stopped, proxy_env
 from quaymirror.mirror.worker.tags import filter_tags
 from quaymirror.security import ssrf
+from quaymirror.security.outbound import OutboundRefused
 from quaymirror.security.secrets import DecryptionFailed, SecretBox
 from quaymirror.settings import Settings
 
@@ -210,8 +226,12 @@ HTTP_TIMEOUT = 5.0
 DOCKER_HUB = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
 
 
-def upstream_client(mirror: Mirror) -> tuple[RegistryClient | None, str]:
-    """A HEAD client for the upstream repository, or None when skopeo must do the look-ups (a proxy is set)."""
+def upstream_client(mirror: Mirror, allowed_hosts: Iterable[str]) -> tuple[RegistryClient | None, str]:
+    """A HEAD client for the upstream repository, or None when skopeo must do the look-ups (a proxy is set).
+
+    Nothing is trusted: the SSRF rules apply to the upstream's own host at every connect, as to its realms and
+    redirects.
+    """
     if any(mirror.proxy.get(key) for key in ("http_proxy", "https_proxy")):
         return None, ""
     host, _, repository = mirror.reference.partition("/")
@@ -220,7 +240,8 @@ def upstream_client(mirror: Mirror) -> tuple[RegistryClient | None, str]:
         if "/" not in repository:
             repository = f"library/{repository}"
     client = RegistryClient(host, username=mirror.username, password=mirror.password, tls_verify=mirror.verify_tls,
-                            timeout=min(mirror.timeout, HTTP_TIMEOUT))
+                            timeout=min(mirror.timeout, HTTP_TIMEOUT), allowed_hosts=allowed_hosts,
+                            trust_host=False)
     return client, repository
 
 
@@ -282,7 +303,9 @@ class SyncRun:
         except ssrf.ReferenceUnresolvable as error:
             # Quay bug #30: a DNS failure is not a forbidden source; it is transient.
             raise RunFailed(reasons.CONNECTION_ERROR, str(error), "Not applicable", "Not applicable") from None
-        except ssrf.ReferenceRejected:
+        except ssrf.ReferenceRejected as error:
+            if isinstance(error, ssrf.ReferenceBlocked):  # Quay's message hides the host; the log names it
+                log.warning("mirror %s: source refused: %s", mirror.path, error.explain())
             raise RunFailed(reasons.INVALID_SOURCE, "Source registry location is not allowed",
                             "Not applicable", "Not applicable") from None
 
@@ -299,7 +322,7 @@ class SyncRun:
         src_auth = files.authfile("src-auth.json", {host: (mirror.username, mirror.password)}
                                   if mirror.username else {})
 
-        self.upstream, self.upstream_repository = upstream_client(mirror)
+        self.upstream, self.upstream_repository = upstream_client(mirror, self.settings.ssrf_allowed_hosts)
         upstream = self._list_tags_http(mirror)
         if upstream is None:  # skopeo tells why (its messages classify the failure), or lists when HTTP could not
             listing = skopeo.list_tags(mirror.reference, tls_verify=mirror.verify_tls, authfile=src_auth)
@@ -396,6 +419,8 @@ class SyncRun:
 
         try:
             head = self._head(mirror, tag)
+        except OutboundRefused as refused:  # a realm or redirect the SSRF rules refuse: skopeo must not follow it
+            return done(history.FAILED, reason=reasons.INVALID_SOURCE, message=str(refused))
         except RateLimited as error:
             return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error))
         except TimeoutError:
@@ -416,6 +441,9 @@ class SyncRun:
             present = destination.digest(tag)
         except DestinationError as error:
             return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=upstream)
+        except OutboundRefused as refused:  # the destination's realm or redirect on another, refused host
+            return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
+                        message=f"cannot read {destination.describe()}:{tag}: {refused}")
         if present == upstream:
             return done(history.SKIPPED, digest=upstream)
         if self.upstream is not None and self.upstream.rate_limit_remaining == 0:
@@ -476,6 +504,8 @@ class SyncRun:
             return None
         try:
             tags = self.upstream.tags(self.upstream_repository, missing_ok=False)
+        except OutboundRefused as refused:  # skopeo list-tags would follow it: the run stops here
+            raise RunFailed(reasons.INVALID_SOURCE, str(refused), "Not applicable", "Not applicable") from None
         except TimeoutError:
             if mirror.timeout > HTTP_TIMEOUT:  # skopeo has the rest of the budget (and can be killed)
                 log.info("mirror %s: GET tags/list timed out; asking skopeo", mirror.path)
@@ -489,7 +519,10 @@ class SyncRun:
         return [t for t in tags if isinstance(t, str)]
 
     def _head(self, mirror: Mirror, tag: str) -> ManifestHead | None:
-        """The upstream digest from a manifest HEAD; None when skopeo must tell (no client, no digest, an error)."""
+        """The upstream digest from a manifest HEAD; None when skopeo must tell (no client, no digest, an error).
+
+        An SSRF refusal (OutboundRefused) is not an error skopeo could explain: it propagates.
+        """
         if self.upstream is None:
             return None
         try:

@@ -1,0 +1,122 @@
+"""The guarded opener: every connect is resolved once, checked, and pinned to the checked address.
+
+127.0.0.1 plays the allowed registry and 127.0.0.2 the forbidden host (only
+127.0.0.1/32 is allow-listed); names resolve through the tests' resolver hook,
+never through DNS.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Iterator
+
+import pytest
+
+from quaymirror.security import ssrf
+from quaymirror.security.outbound import OutboundRefused, Policy, connection
+from tests.harness.fixtures import require_tools, tls_registry  # noqa: F401
+from tests.harness.registry import Registry
+from tests.security.loopback import Recorder, same_port_pair
+
+LOOPBACK_ONLY = Policy.of(["127.0.0.1/32"])
+
+
+@pytest.fixture
+def forbidden() -> Iterator[Recorder]:
+    """A listener on 127.0.0.2 that must see no connection."""
+    with Recorder("127.0.0.2") as recorder:
+        yield recorder
+
+
+def status(conn: http.client.HTTPConnection) -> int:
+    """The status of ``GET /v2/`` on ``conn``."""
+    conn.request("GET", "/v2/")
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def get(scheme: str, host: str, port: int, policy: Policy, context: ssl.SSLContext | None = None) -> int:
+    return status(connection(scheme, host, port, policy=policy, timeout=5, context=context))
+
+
+def test_a_forbidden_address_is_refused_before_connecting(forbidden):
+    with pytest.raises(OutboundRefused) as refused:
+        get("http", "127.0.0.2", forbidden.port, LOOPBACK_ONLY)
+    forbidden.stop()
+    assert forbidden.connections == []
+    assert (refused.value.host, refused.value.port) == ("127.0.0.2", forbidden.port)
+    assert str(refused.value) == (f"refused to connect to 127.0.0.2:{forbidden.port}: "
+                                  "URL points to a private or reserved IP address")
+
+
+def test_a_name_is_checked_on_what_it_resolves_to(forbidden):
+    with ssrf.use_resolver({"evil.test": ["127.0.0.2"], "mixed.test": ["127.0.0.1", "127.0.0.2"]}):
+        for name in ("evil.test", "mixed.test"):  # one forbidden answer among several is enough
+            with pytest.raises(OutboundRefused, match=f"{name}:{forbidden.port}: URL resolves to a private"):
+                get("http", name, forbidden.port, LOOPBACK_ONLY)
+    forbidden.stop()
+    assert forbidden.connections == []
+
+
+def test_the_connection_goes_to_the_checked_address_and_keeps_the_name():
+    """DNS rebinding: the name answers an allowed address when checked, a forbidden one afterwards."""
+    allowed, other = same_port_pair()
+    answers: list[str] = []
+
+    def rebinding(host: str) -> list[str]:
+        answers.append(host)
+        return ["127.0.0.1"] if len(answers) == 1 else ["127.0.0.2"]
+
+    with allowed, other, ssrf.use_resolver(rebinding):
+        assert get("http", "pinned.test", allowed.port, LOOPBACK_ONLY) == 200
+    assert answers == ["pinned.test"]  # resolved once: no second look-up to rebind
+    assert [seen.headers["host"] for seen in allowed.requests] == [f"pinned.test:{allowed.port}"]
+    assert other.connections == []
+
+
+def test_every_reconnect_is_checked_again(forbidden):
+    """A kept-alive connection that the server closed reconnects: the new connect is checked anew."""
+    closing = Recorder("127.0.0.1", answer=lambda seen: (200, {"Connection": "close"}, b""))
+    answers = iter([["127.0.0.1"], ["127.0.0.2"]])
+    with closing, ssrf.use_resolver(lambda host: next(answers)):
+        conn = connection("http", "moving.test", closing.port, policy=LOOPBACK_ONLY, timeout=5)
+        assert status(conn) == 200
+        with pytest.raises(OutboundRefused, match="moving.test"):
+            status(conn)
+    assert len(closing.connections) == 1
+
+
+def test_a_trusted_name_skips_the_rules_not_the_pinning():
+    with Recorder("127.0.0.1") as registry, ssrf.use_resolver({"registry.corp": ["127.0.0.1"]}):
+        with pytest.raises(OutboundRefused):
+            get("http", "registry.corp", registry.port, Policy.of())
+        assert get("http", "registry.corp", registry.port, Policy.of(trusted=["Registry.Corp"])) == 200
+    assert len(registry.connections) == 1
+
+
+def test_an_unresolvable_name_is_a_connection_error_not_a_refusal():
+    with ssrf.use_resolver({}), pytest.raises(socket.gaierror, match="Cannot resolve hostname 'nowhere.test'"):
+        get("http", "nowhere.test", 1, LOOPBACK_ONLY)
+
+
+def test_a_malformed_host_is_refused():
+    with pytest.raises(OutboundRefused, match="valid registry hostname"):
+        get("http", "bad_host", 1, LOOPBACK_ONLY)
+
+
+def test_a_refusal_is_not_a_network_or_value_error():
+    """Callers fall back to skopeo on OSError and ValueError; skopeo would follow what was refused."""
+    assert not issubclass(OutboundRefused, OSError | ValueError)
+
+
+def test_tls_is_verified_against_the_name_while_connecting_to_the_checked_address(tls_registry: Registry):  # noqa: F811
+    """The harness certificate names localhost and 127.0.0.1: a name it does not hold fails verification."""
+    require_tools("openssl")
+    context = tls_registry.ssl_context()
+    with ssrf.use_resolver({"localhost": ["127.0.0.1"], "other.test": ["127.0.0.1"]}):
+        assert get("https", "localhost", tls_registry.port, LOOPBACK_ONLY, context) == 200
+        with pytest.raises(ssl.SSLCertVerificationError, match="other.test"):
+            get("https", "other.test", tls_registry.port, LOOPBACK_ONLY, context)
