@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -177,10 +178,13 @@ def cmd_serve(args, settings: Settings) -> None:
     try:
         listener = server.listen(args.host, args.port)
     except OSError as error:
-        address = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+        address = server.address(args.host, args.port)
         if error.errno == errno.EADDRINUSE:
             raise CliError(f"{address} is in use (another process listens there); choose another --port") from None
-        raise CliError(f"cannot listen on {address}: {error.strerror or error}") from None
+        # create_server's message repeats the address; getaddrinfo's errors (a name that does not resolve)
+        # have negative numbers
+        reason = os.strerror(error.errno) if (error.errno or 0) > 0 else (error.strerror or str(error))
+        raise CliError(f"cannot listen on {address}: {reason}") from None
     server.serve(settings, listener, with_worker=not args.no_worker)
 
 

@@ -105,6 +105,11 @@ def configure_logging(level: str) -> None:
     logging.config.dictConfig(logging_config(level))
 
 
+def address(host: str, port: int) -> str:
+    """``host:port`` as written in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def listen(host: str, port: int) -> socket.socket:
     """A socket bound and listening on ``host:port`` (port 0: any free port), for :func:`serve`.
 
@@ -151,7 +156,7 @@ def serve(settings: Settings, listener: socket.socket, with_worker: bool = True)
         elif token_file.exists():
             log.info("the admin token of the first start is kept in %s", token_file)
     host, port = listener.getsockname()[:2]
-    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    url = f"http://{address(host, port)}"
     options = gunicorn_options(host, port, 1 if with_worker else settings.api_workers, settings.api_threads,
                                settings.log_level)
     options["bind"] = f"fd://{listener.detach()}"  # gunicorn takes the socket over (and closes it)
