@@ -206,9 +206,11 @@ class Settings:
         instance_path = instance_path_from_env(env)
         database_url = database_url_from_env(env)
         storage = check_storage(get("STORAGE") or f"oci:{instance_path / 'storage'}")
-        return cls(
+        secret_key = get("SECRET_KEY") or ""  # else generated below, once every other setting is good
+        settings = cls(
             instance_path=instance_path,
             database_url=database_url,
+            secret_key=secret_key,
             ssrf_allowed_hosts=_list(get("SSRF_ALLOWED_HOSTS")),
             superusers_full_access=_bool("SUPERUSERS_FULL_ACCESS", get("SUPERUSERS_FULL_ACCESS"), False),
             feature_sparse_index=_bool("FEATURE_SPARSE_INDEX", get("FEATURE_SPARSE_INDEX"), False),
@@ -231,6 +233,6 @@ class Settings:
             metrics_host=get("METRICS_HOST") or "127.0.0.1",
             worker_replicas=_optional_number("WORKER_REPLICAS", get("WORKER_REPLICAS"), int, 1),
             log_level=_log_level(get("LOG_LEVEL")),
-            # Last: a process refused for a bad setting has generated no key (nor its instance folder).
-            secret_key=get("SECRET_KEY") or _secret_key(instance_path),
         )
+        # Last: a process refused for a bad setting has generated no key (nor its instance folder).
+        return settings if secret_key else replace(settings, secret_key=_secret_key(instance_path))
