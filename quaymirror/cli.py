@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib.metadata import version
+from typing import NoReturn
 
 from quaymirror.settings import Settings, SettingsError
 
 log = logging.getLogger("quaymirror")
 
+DESCRIPTION = """\
+Repository mirroring that speaks Quay's mirror REST API. Commands that create something print only
+what a script needs on stdout (a name or a token); everything else goes to stderr. Settings come from
+QUAYMIRROR_* environment variables; none is needed for the embedded default (./instance)."""
 
 # Commands that log while they run; the others report only through stdout, stderr and the exit code.
 LONG_RUNNING = {"serve", "worker"}
@@ -19,6 +27,17 @@ LONG_RUNNING = {"serve", "worker"}
 
 class CliError(Exception):
     """An error for the user: printed on stderr, exit code 1, no traceback."""
+
+
+class UsageError(Exception):
+    """A command line argparse refuses: printed as one line on stderr, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with where to find the usage) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 @contextmanager
@@ -152,92 +171,150 @@ def cmd_token_create(args, settings: Settings) -> None:
 
 
 def cmd_serve(args, settings: Settings) -> None:
-    from quaymirror.server import serve
+    from quaymirror import server
 
-    serve(settings, host=args.host, port=args.port, with_worker=not args.no_worker)
+    if not args.no_worker:
+        settings = settings.with_skopeo_resolved()
+    try:
+        listener = server.listen(args.host, args.port)
+    except OSError as error:
+        address = server.address(args.host, args.port)
+        if error.errno == errno.EADDRINUSE:
+            raise CliError(f"{address} is in use (another process listens there); choose another --port") from None
+        # create_server's message repeats the address; getaddrinfo's errors (a name that does not resolve)
+        # have negative numbers
+        reason = os.strerror(error.errno) if (error.errno or 0) > 0 else (error.strerror or str(error))
+        raise CliError(f"cannot listen on {address}: {reason}") from None
+    server.serve(settings, listener, with_worker=not args.no_worker)
 
 
 def cmd_worker(args, settings: Settings) -> None:
     from quaymirror.server import run_worker
 
-    run_worker(settings)
+    run_worker(settings.with_skopeo_resolved())
+
+
+def port_number(raw: str) -> int:
+    """argparse type of ``--port``: 0 (any free port, which the listening line names) to 65535."""
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a port number (0-65535)")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quaymirror", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    from quaymirror.auth.scopes import ALL_SCOPES
+    from quaymirror.repositories.models import ROLES, RepositoryState
 
-    db_parser = commands.add_parser("db", help="database schema")
-    db_commands = db_parser.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+    parser = _Parser(prog="quaymirror", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"quaymirror {version('quaymirror')}",
+                        help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    user = commands.add_parser("user", help="users").add_subparsers(dest="sub", required=True)
-    user_create = user.add_parser("create", help="create a user")
-    user_create.add_argument("name")
-    user_create.add_argument("--email")
-    user_create.add_argument("--superuser", action="store_true")
+    db_parser = commands.add_parser("db", help="database schema", description="The database schema.")
+    db_commands = db_parser.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    db_commands.add_parser("upgrade", help="apply the migrations (PostgreSQL: before starting a new version)",
+                           description="Apply the migrations up to this version's schema.",
+                           ).set_defaults(func=cmd_db_upgrade)
+
+    user = commands.add_parser("user", help="users", description="Users.").add_subparsers(
+        dest="sub", required=True, metavar="COMMAND")
+    user_create = user.add_parser("create", help="create a user", description="Create a user; prints its name.")
+    user_create.add_argument("name", help="the user name")
+    user_create.add_argument("--email", help="the user's e-mail address (default: none)")
+    user_create.add_argument("--superuser", action="store_true", help="make the user a superuser (default: not)")
     user_create.set_defaults(func=cmd_user_create)
 
-    org = commands.add_parser("org", help="organizations").add_subparsers(dest="sub", required=True)
-    org_create = org.add_parser("create", help="create an organization")
-    org_create.add_argument("name")
-    org_create.add_argument("--owner", required=True)
+    org = commands.add_parser("org", help="organizations", description="Organizations.").add_subparsers(
+        dest="sub", required=True, metavar="COMMAND")
+    org_create = org.add_parser("create", help="create an organization",
+                                description="Create an organization; prints its name.")
+    org_create.add_argument("name", help="the organization name")
+    org_create.add_argument("--owner", required=True, metavar="USER",
+                            help="the user who owns it (required: there is no default)")
     org_create.set_defaults(func=cmd_org_create)
 
-    repo = commands.add_parser("repo", help="repositories").add_subparsers(dest="sub", required=True)
-    repo_create = repo.add_parser("create", help="create a repository")
-    repo_create.add_argument("path", metavar="NAMESPACE/NAME")
-    repo_create.add_argument("--state", choices=["NORMAL", "READ_ONLY", "MIRROR"], default="NORMAL")
+    states = [state.name for state in (RepositoryState.NORMAL, RepositoryState.READ_ONLY, RepositoryState.MIRROR)]
+    repo = commands.add_parser("repo", help="repositories", description="Repositories.").add_subparsers(
+        dest="sub", required=True, metavar="COMMAND")
+    repo_create = repo.add_parser("create", help="create a repository",
+                                  description="Create a repository; prints NAMESPACE/NAME.")
+    repo_create.add_argument("path", metavar="NAMESPACE/NAME", help="the owning user or organization and the name")
+    repo_create.add_argument("--state", choices=states, default=RepositoryState.NORMAL.name,
+                             help="the repository's state: %(choices)s (default: %(default)s)")
     repo_create.set_defaults(func=cmd_repo_create)
 
-    robot = commands.add_parser("robot", help="robot accounts").add_subparsers(dest="sub", required=True)
-    robot_create = robot.add_parser("create", help="create a robot and print its token")
-    robot_create.add_argument("name", metavar="NAMESPACE+SHORT")
+    robot = commands.add_parser("robot", help="robot accounts", description="Robot accounts.").add_subparsers(
+        dest="sub", required=True, metavar="COMMAND")
+    robot_create = robot.add_parser("create", help="create a robot and print its token",
+                                    description="Create a robot account; prints its token.")
+    robot_create.add_argument("name", metavar="NAMESPACE+SHORT", help="the owning namespace and the robot's name")
     robot_create.set_defaults(func=cmd_robot_create)
 
-    permission = commands.add_parser("permission", help="repository permissions").add_subparsers(
-        dest="sub", required=True
-    )
-    grant = permission.add_parser("grant", help="grant a role on a repository")
-    grant.add_argument("user", metavar="USER_OR_ROBOT")
-    grant.add_argument("repository", metavar="NAMESPACE/NAME")
-    grant.add_argument("role", choices=["read", "write", "admin"])
+    permission = commands.add_parser("permission", help="repository permissions",
+                                     description="Repository permissions.").add_subparsers(
+        dest="sub", required=True, metavar="COMMAND")
+    grant = permission.add_parser("grant", help="grant a role on a repository",
+                                  description="Grant a user or robot a role on a repository (replacing its role).")
+    grant.add_argument("user", metavar="USER_OR_ROBOT", help="the user, or the robot as NAMESPACE+SHORT")
+    grant.add_argument("repository", metavar="NAMESPACE/NAME", help="the repository")
+    grant.add_argument("role", choices=ROLES, help="the role: %(choices)s")
     grant.set_defaults(func=cmd_permission_grant)
 
-    token = commands.add_parser("token", help="OAuth access tokens").add_subparsers(dest="sub", required=True)
-    token_create = token.add_parser("create", help="create a token and print it")
-    token_create.add_argument("--user", required=True)
-    token_create.add_argument("--scope", action="append", required=True)
-    token_create.add_argument("--expires-in", type=int, metavar="SECONDS")
+    token = commands.add_parser("token", help="OAuth access tokens",
+                                description="OAuth access tokens.").add_subparsers(
+        dest="sub", required=True, metavar="COMMAND")
+    token_create = token.add_parser("create", help="create a token and print it",
+                                    description="Create an OAuth access token; prints it.")
+    token_create.add_argument("--user", required=True, help="the user or robot the token acts as (required)")
+    token_create.add_argument("--scope", action="append", required=True,
+                              help=f"a scope to grant, repeatable (required): {', '.join(ALL_SCOPES)}")
+    token_create.add_argument("--expires-in", type=int, metavar="SECONDS",
+                              help="seconds until the token expires (default: never)")
     token_create.set_defaults(func=cmd_token_create)
 
-    serve = commands.add_parser("serve", help="run the API (and the worker) with gunicorn")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--no-worker", action="store_true", help="run the API only")
+    serve = commands.add_parser("serve", help="run the API (and the worker) with gunicorn",
+                                description="Run the API with gunicorn, with the mirror worker in its process "
+                                            "unless --no-worker. Runs until SIGTERM or SIGINT.")
+    serve.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: %(default)s)")
+    serve.add_argument("--port", type=port_number, default=8080,
+                       help="the port to listen on, 0 for any free one (default: %(default)s)")
+    serve.add_argument("--no-worker", action="store_true",
+                       help="run the API only, in QUAYMIRROR_API_WORKERS processes (default: API and worker)")
     serve.set_defaults(func=cmd_serve)
 
-    worker = commands.add_parser("worker", help="run the mirror worker alone")
+    worker = commands.add_parser("worker", help="run the mirror worker alone",
+                                 description="Run the mirror worker alone, until SIGTERM or SIGINT.")
     worker.set_defaults(func=cmd_worker)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit code (2 for usage errors, 1 for other errors)."""
+    """Run one command; returns the exit code (2 for usage and setting errors, 1 for other errors)."""
     try:
         args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # usage errors (already printed on stderr) and --help
+    except SystemExit as exit_:  # --help and --version, already printed
         return exit_.code if isinstance(exit_.code, int) else 2
-    if args.command in LONG_RUNNING:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            stream=sys.stderr)
+    except UsageError as error:
+        print(f"quaymirror: error: {error}", file=sys.stderr)
+        return 2
     try:
         settings = Settings.from_env()
+        if args.command in LONG_RUNNING:
+            from quaymirror.server import configure_logging
+
+            configure_logging(settings.log_level)
         args.func(args, settings)
-    except (CliError, SettingsError) as error:
+    except SettingsError as error:  # from the environment, or one only the command needs, found at its start
+        print(f"quaymirror: error: {error}", file=sys.stderr)
+        return 2
+    except CliError as error:
         print(f"quaymirror: error: {error}", file=sys.stderr)
         return 1
-    except Exception as error:  # a database that is down, a port in use, ...
+    except Exception as error:  # a database that is down, an instance folder that cannot be created, ...
         from sqlalchemy.exc import SQLAlchemyError
 
         if isinstance(error, SQLAlchemyError | OSError):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import logging.config
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -78,7 +80,47 @@ def _load_app(settings: Settings, with_worker: bool):
     return app
 
 
-def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
+def logging_config(level: str) -> dict:
+    """The one logging set-up of ``serve`` and ``worker``, also given to gunicorn (``logconfig_dict``).
+
+    Everything goes to stderr in one format, gunicorn's own messages included (its access log stays
+    on stdout). alembic says at INFO which plugins and database dialect it uses and each migration it
+    runs on every start: shown only at DEBUG.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"quaymirror": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "quaymirror",
+                                "stream": "ext://sys.stderr"}},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": [], "propagate": True},
+            "alembic": {"level": "DEBUG" if level == "DEBUG" else "WARNING"},
+        },
+    }
+
+
+def configure_logging(level: str) -> None:
+    logging.config.dictConfig(logging_config(level))
+
+
+def address(host: str, port: int) -> str:
+    """``host:port`` as written in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound and listening on ``host:port`` (port 0: any free port), for :func:`serve`.
+
+    Bound here rather than by gunicorn, which retries a busy port for five seconds and would only
+    then give up: a busy port fails at once, before anything else starts.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def gunicorn_options(host: str, port: int, workers: int, threads: int, log_level: str = "INFO") -> dict:
     """The production server's gunicorn configuration (also the baseline's in benchmarks/api)."""
     return {
         "bind": f"{host}:{port}",
@@ -90,25 +132,41 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict:
         "keepalive": 5,
         "accesslog": "-",
         "errorlog": "-",
-        "loglevel": "info",
+        "loglevel": log_level.lower(),
+        "logconfig_dict": logging_config(log_level),
+        # gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl, creating
+        # $HOME), shared by every gunicorn of that user: stopping one server deletes another's.
+        "control_socket_disable": True,
         "preload_app": False,
     }
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, with_worker: bool = True) -> None:
+def serve(settings: Settings, listener: socket.socket, with_worker: bool = True) -> None:
+    """Run gunicorn on ``listener`` (from :func:`listen`), after bringing an embedded instance up to date."""
     from quaymirror import db
 
     if settings.is_sqlite:
         settings.instance_path.mkdir(parents=True, exist_ok=True)
         db.upgrade(settings.database_url)
         token = bootstrap_admin(settings)
+        token_file = settings.instance_path / "admin-token"
         if token:
-            print(f"Created user '{BOOTSTRAP_USER}'. Admin token (also in {settings.instance_path}/admin-token):")
+            print(f"Created user '{BOOTSTRAP_USER}'. Admin token (also in {token_file}):")
             print(token, flush=True)
-    options = gunicorn_options(host, port, 1 if with_worker else settings.api_workers, settings.api_threads)
+        elif token_file.exists():
+            log.info("the admin token of the first start is kept in %s", token_file)
+    host, port = listener.getsockname()[:2]
+    url = f"http://{address(host, port)}"
+    options = gunicorn_options(host, port, 1 if with_worker else settings.api_workers, settings.api_threads,
+                               settings.log_level)
+    options["bind"] = f"fd://{listener.detach()}"  # gunicorn takes the socket over (and closes it)
+
+    def when_ready(_arbiter) -> None:
+        print(f"quaymirror listening on {url}", file=sys.stderr, flush=True)
+
+    options["when_ready"] = when_ready
     if with_worker:
         options["worker_exit"] = _worker_exit
-    print(f"quaymirror listening on http://{host}:{port}", file=sys.stderr, flush=True)
     run_gunicorn(functools.partial(_load_app, settings, with_worker), options)
 
 

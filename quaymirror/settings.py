@@ -7,8 +7,10 @@ storage.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -34,23 +36,59 @@ def _bool(name: str, raw: str | None, default: bool) -> bool:
     raise SettingsError(f"{PREFIX}{name} must be true or false, not {raw!r}")
 
 
-def _number(name: str, raw: str | None, default: float, kind: type = int, minimum: float = 0) -> float:
-    if raw is None or raw.strip() == "":
+def _number(name: str, raw: str | None, default: float, kind: type = int, minimum: float = 0,
+            maximum: float | None = None) -> float:
+    """A number setting: unset gives ``default``; set, it must be a number in range.
+
+    A value that is set but blank is refused rather than taken as the default (or as 0): it is
+    almost always a templating mistake, and running with a number nobody chose is worse.
+    """
+    if raw is None:
         return default
     try:
         value = kind(raw)
     except ValueError:
         raise SettingsError(f"{PREFIX}{name} must be a number, not {raw!r}") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{PREFIX}{name} must be a number, not {raw!r}")
     if value < minimum:
-        raise SettingsError(f"{PREFIX}{name} must be at least {minimum}")
+        raise SettingsError(f"{PREFIX}{name} must be at least {minimum}, not {raw!r}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{PREFIX}{name} must be at most {maximum}, not {raw!r}")
     return value
 
 
-def _optional_int(name: str, raw: str | None, minimum: int) -> int | None:
-    """An int setting that may be left unset (None), else at least ``minimum``."""
-    if raw is None or raw.strip() == "":
+def _optional_number(name: str, raw: str | None, kind: type, minimum: float) -> float | None:
+    """A number setting whose default is "none": unset leaves it so; set, as :func:`_number`."""
+    if raw is None:
         return None
-    return int(_number(name, raw, minimum, int, minimum))
+    return _number(name, raw, minimum, kind, minimum)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(raw: str | None) -> str:
+    if raw is None:
+        return "INFO"
+    level = raw.strip().upper()
+    if level not in LOG_LEVELS:
+        raise SettingsError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+    return level
+
+
+def check_storage(storage: str) -> str:
+    """``storage`` when it names a destination the worker can write to, else SettingsError.
+
+    Checked when the settings are read, so ``serve`` refuses a bad destination at start instead of in
+    its gunicorn worker, where the embedded mirror worker is built.
+    """
+    if storage.startswith("oci:") and len(storage) > 4 and ":" not in storage[4:]:
+        return storage
+    if storage.startswith("docker://") and storage[9:].strip("/") and "/" not in storage[9:].strip("/"):
+        return storage
+    raise SettingsError(f"{PREFIX}STORAGE must be oci:<dir> (no ':' in it) or docker://<host[:port]>, "
+                        f"not {storage!r}")
 
 
 def _list(raw: str | None) -> tuple[str, ...]:
@@ -148,6 +186,8 @@ class Settings:
     max_content_length: int = 1024 * 1024
     # GET /mirror answers from a per-process cache while the database is unchanged (db.ReadCache).
     read_cache: bool = True
+    # The level of the long-running commands' logs (serve, worker): one of LOG_LEVELS.
+    log_level: str = "INFO"
 
     @property
     def is_sqlite(self) -> bool:
@@ -155,6 +195,18 @@ class Settings:
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)
+
+    def with_skopeo_resolved(self) -> Settings:
+        """These settings with ``skopeo_path`` as the absolute path of the executable it names.
+
+        For the commands that run a worker, at their start: without it a missing skopeo fails every
+        mirror, one by one, instead of the process. Absolute, because skopeo runs in a run directory.
+        """
+        found = shutil.which(self.skopeo_path)
+        if found is None:
+            raise SettingsError(f"{PREFIX}SKOPEO must be an executable (a path, or a name on PATH), "
+                                f"not {self.skopeo_path!r}")
+        return self.with_overrides(skopeo_path=os.path.abspath(found))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -165,11 +217,9 @@ class Settings:
 
         instance_path = instance_path_from_env(env)
         database_url = database_url_from_env(env)
-        secret_key = get("SECRET_KEY") or _secret_key(instance_path)
-        storage = get("STORAGE") or f"oci:{instance_path / 'storage'}"
-        if not (storage.startswith(("oci:", "docker://"))):
-            raise SettingsError(f"{PREFIX}STORAGE must start with oci: or docker://, not {storage!r}")
-        return cls(
+        storage = check_storage(get("STORAGE") or f"oci:{instance_path / 'storage'}")
+        secret_key = get("SECRET_KEY") or ""  # else generated below, once every other setting is good
+        settings = cls(
             instance_path=instance_path,
             database_url=database_url,
             secret_key=secret_key,
@@ -188,14 +238,14 @@ class Settings:
             heartbeat_seconds=_number("HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), 5.0, float, 0.1),
             retry_seconds=_number("RETRY_SECONDS", get("RETRY_SECONDS"), 30.0, float, 0),
             skopeo_path=get("SKOPEO") or "skopeo",
-            skopeo_timeout_max=(
-                float(_number("SKOPEO_TIMEOUT_MAX", get("SKOPEO_TIMEOUT_MAX"), 0, float, 0.1))
-                if get("SKOPEO_TIMEOUT_MAX") else None
-            ),
+            skopeo_timeout_max=_optional_number("SKOPEO_TIMEOUT_MAX", get("SKOPEO_TIMEOUT_MAX"), float, 0.1),
             history_keep=int(_number("HISTORY_KEEP", get("HISTORY_KEEP"), 50, int, 1)),
             api_workers=int(_number("API_WORKERS", get("API_WORKERS"), 2, int, 1)),
             api_threads=int(_number("API_THREADS", get("API_THREADS"), 2, int, 1)),
-            metrics_port=int(_number("METRICS_PORT", get("METRICS_PORT"), 9108, int, 0)),
+            metrics_port=int(_number("METRICS_PORT", get("METRICS_PORT"), 9108, int, 0, 65535)),
             metrics_host=get("METRICS_HOST") or "127.0.0.1",
-            worker_replicas=_optional_int("WORKER_REPLICAS", get("WORKER_REPLICAS"), 1),
+            worker_replicas=_optional_number("WORKER_REPLICAS", get("WORKER_REPLICAS"), int, 1),
+            log_level=_log_level(get("LOG_LEVEL")),
         )
+        # Last: a process refused for a bad setting has generated no key (nor its instance folder).
+        return settings if secret_key else replace(settings, secret_key=_secret_key(instance_path))

@@ -314,11 +314,30 @@ def test_token_create_errors(run, world):
 
 # --- usage, settings ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [[], ["nothing"], ["user"], ["user", "delete", "x"], ["db"]])
-def test_usage_errors_exit_2(argv, run):
-    code, out, err = run(*argv)
-    assert code == 2 and out == ""
-    assert "usage: quaymirror" in err
+def one_line_error(result: tuple[int, str, str], code: int = 2) -> str:
+    """The single stderr line of a refused command (no usage dump, no traceback)."""
+    exit_code, out, err = result
+    assert (exit_code, out) == (code, ""), err
+    assert len(err.splitlines()) == 1 and err.startswith("quaymirror: error: "), err
+    return err.strip()
+
+
+@pytest.mark.parametrize(("argv", "help_of"), [
+    ([], "quaymirror"), (["nothing"], "quaymirror"), (["user"], "quaymirror user"),
+    (["user", "delete", "x"], "quaymirror user"), (["db"], "quaymirror db"),
+    (["serve", "--port", "80800"], "quaymirror serve"),
+])
+def test_usage_errors_exit_2(argv, help_of, run):
+    assert one_line_error(run(*argv)).endswith(f"(see '{help_of} --help')")
+
+
+@pytest.mark.parametrize(("raw", "shown"), [("80800", "'80800'"), ("-1", "'-1'"), ("http", "'http'"), ("", "''")])
+def test_serve_port_out_of_range_is_a_usage_error(raw, shown, run, monkeypatch):
+    import quaymirror.server
+
+    monkeypatch.setattr(quaymirror.server, "serve", lambda *a, **kw: pytest.fail("serve started"))
+    line = one_line_error(run("serve", "--port", raw))
+    assert line.startswith(f"quaymirror: error: argument --port: {shown} is not a port number (0-65535)"), line
 
 
 def test_help_exits_0(run):
@@ -328,9 +347,95 @@ def test_help_exits_0(run):
         assert command in out
 
 
+def test_version(run):
+    from importlib.metadata import version
+
+    code, out, err = run("--version")
+    assert (code, out, err) == (0, f"quaymirror {version('quaymirror')}\n", "")
+
+
+def _parsers(parser, path=("quaymirror",)):
+    """Every (command path, parser, help given for it by its parent) of the command tree."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield (*path, name), sub, helps.get(name)
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_and_option_explains_itself():
+    """Every command and subcommand has help; every option says what it is, its default and its choices."""
+    import argparse
+
+    parser = cli.build_parser()
+    assert "``" not in parser.format_help() and ":func:" not in parser.format_help()
+    tree = list(_parsers(parser))
+    assert {" ".join(path) for path, _sub, _help in tree} >= {
+        "quaymirror db upgrade", "quaymirror user create", "quaymirror org create", "quaymirror repo create",
+        "quaymirror robot create", "quaymirror permission grant", "quaymirror token create",
+        "quaymirror serve", "quaymirror worker"}
+    for path, sub, help_text in tree:
+        assert help_text, f"{' '.join(path)} has no help"
+        text = " ".join(sub.format_help().split())  # argparse wraps lines
+        assert "``" not in text
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            assert action.help, f"{' '.join(path)} {name} has no help"
+            if action.choices:
+                listed = ", ".join(str(choice) for choice in action.choices)
+                assert listed in text, f"{' '.join(path)} {name} does not list its choices"
+            if action.option_strings and not action.required:
+                assert "default: " in action.help, f"{' '.join(path)} {name} does not say its default"
+                if action.default not in (None, False):
+                    assert f"(default: {action.default})" in text, f"{' '.join(path)} {name}: default"
+
+
+def test_choices_come_from_the_code_that_checks_them(run):
+    from quaymirror.auth.scopes import ALL_SCOPES
+    from quaymirror.repositories.models import ROLES
+
+    code, token_help, _err = run("token", "create", "--help")
+    assert code == 0
+    assert ", ".join(ALL_SCOPES) in " ".join(token_help.split())
+    _code, grant_help, _err = run("permission", "grant", "--help")
+    assert ", ".join(ROLES) in " ".join(grant_help.split())
+    _code, repo_help, _err = run("repo", "create", "--help")
+    assert "NORMAL, READ_ONLY, MIRROR (default: NORMAL)" in " ".join(repo_help.split())
+
+
 def test_unusable_setting_is_an_error_not_a_traceback(run, monkeypatch):
     monkeypatch.setenv("QUAYMIRROR_SUPERUSERS_FULL_ACCESS", "maybe")
-    fails(run("user", "create", "alice"), "QUAYMIRROR_SUPERUSERS_FULL_ACCESS must be true or false")
+    assert one_line_error(run("user", "create", "alice")) == (
+        "quaymirror: error: QUAYMIRROR_SUPERUSERS_FULL_ACCESS must be true or false, not 'maybe'")
+
+
+@pytest.mark.parametrize(("name", "raw"), [("SKOPEO_TIMEOUT_MAX", "  "), ("API_WORKERS", "two"),
+                                           ("LOG_LEVEL", "loud"), ("STORAGE", "s3://bucket")])
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["user", "create", "alice"]])
+def test_bad_setting_exits_2_before_the_command_starts(command, name, raw, run, monkeypatch):
+    import quaymirror.server
+
+    monkeypatch.setattr(quaymirror.server, "serve", lambda *a, **kw: pytest.fail("serve started"))
+    monkeypatch.setattr(quaymirror.server, "run_worker", lambda *a, **kw: pytest.fail("worker started"))
+    monkeypatch.setenv(f"QUAYMIRROR_{name}", raw)
+    line = one_line_error(run(*command))
+    assert line.startswith(f"quaymirror: error: QUAYMIRROR_{name} must be ") and line.endswith(repr(raw)), line
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"]])
+def test_a_missing_skopeo_stops_the_commands_that_run_a_worker(command, run, monkeypatch, tmp_path):
+    import quaymirror.server
+
+    monkeypatch.setattr(quaymirror.server, "serve", lambda *a, **kw: pytest.fail("serve started"))
+    monkeypatch.setattr(quaymirror.server, "run_worker", lambda *a, **kw: pytest.fail("worker started"))
+    monkeypatch.setenv("QUAYMIRROR_SKOPEO", str(tmp_path / "no-skopeo"))
+    assert one_line_error(run(*command)) == ("quaymirror: error: QUAYMIRROR_SKOPEO must be an executable "
+                                             f"(a path, or a name on PATH), not '{tmp_path / 'no-skopeo'}'")
 
 
 def test_instance_path_that_cannot_be_created(run, monkeypatch, tmp_path):
@@ -354,24 +459,31 @@ def test_embedded_default_migrates_itself(run, monkeypatch, tmp_path, env):
 # --- serve and worker: the wiring (the real processes are in test_server.py and below) --------
 
 def test_serve_passes_its_options(run, monkeypatch):
+    import shutil
+
     import quaymirror.server
 
-    calls = []
-    monkeypatch.setattr(quaymirror.server, "serve", lambda settings, **kw: calls.append((settings, kw)))
+    listened, calls = [], []
+    monkeypatch.setattr(quaymirror.server, "listen", lambda host, port: listened.append((host, port)) or "socket")
+    monkeypatch.setattr(quaymirror.server, "serve", lambda settings, listener, **kw: calls.append((settings, kw)))
     assert ok(run("serve", "--host", "0.0.0.0", "--port", "9090", "--no-worker")) == ""
-    assert calls[0][1] == {"host": "0.0.0.0", "port": 9090, "with_worker": False}
+    assert (listened[0], calls[0][1]) == (("0.0.0.0", 9090), {"with_worker": False})
+    assert calls[0][0].skopeo_path == "skopeo"  # the API alone needs no skopeo
     ok(run("serve"))
-    assert calls[1][1] == {"host": "127.0.0.1", "port": 8080, "with_worker": True}
-    fails(run("serve", "--port", "http"), "invalid int", 2)
+    assert (listened[1], calls[1][1]) == (("127.0.0.1", 8080), {"with_worker": True})
+    assert calls[1][0].skopeo_path == shutil.which("skopeo")
 
 
 def test_worker_runs_the_worker(run, monkeypatch, env):
+    import shutil
+
     import quaymirror.server
 
     calls = []
     monkeypatch.setattr(quaymirror.server, "run_worker", lambda settings: calls.append(settings))
     assert ok(run("worker")) == ""
     assert calls[0].database_url == env["QUAYMIRROR_DATABASE_URL"]
+    assert calls[0].skopeo_path == shutil.which("skopeo")
 
 
 # --- real processes ---------------------------------------------------------------------------
@@ -425,12 +537,14 @@ def test_errors_as_a_real_process(process_env, world):
         (["token", "create", "--user", "devtable", "--scope", "bogus"], "Unknown scope", 1),
         (["repo", "create", "noslash"], "NAMESPACE/NAME", 1),
         (["token", "create", "--user", "nobody", "--scope", "repo:read"], "no such user", 1),
-        (["bogus"], "usage:", 2),
+        (["bogus"], "quaymirror: error: argument COMMAND: invalid choice: 'bogus'", 2),
+        (["serve", "--port", "80800"], "quaymirror: error: argument --port: '80800' is not a port number", 2),
     ]:
         result = quaymirror(*argv, env=process_env)
         assert result.returncode == code, (argv, result.stderr)
         assert result.stdout == ""
         assert message in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.splitlines()) == 1, result.stderr
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -143,3 +143,83 @@ def test_reads_the_process_environment_by_default(tmp_path, monkeypatch):
     assert settings.instance_path == tmp_path
     assert settings.secret_key == "from-env"
     assert settings.superusers_full_access is True
+
+
+def _env(tmp_path, **values: str) -> dict[str, str]:
+    return {"QUAYMIRROR_INSTANCE_PATH": str(tmp_path / "inst"), "QUAYMIRROR_SECRET_KEY": "k",
+            **{f"QUAYMIRROR_{name}": value for name, value in values.items()}}
+
+
+@pytest.mark.parametrize(("name", "raw"), [
+    ("SKOPEO_TIMEOUT_MAX", "  "),  # parsed as 0.0 (no bound) before
+    ("SKOPEO_TIMEOUT_MAX", ""),
+    ("SKOPEO_TIMEOUT_MAX", "soon"),
+    ("SKOPEO_TIMEOUT_MAX", "0"),
+    ("TAG_CONCURRENCY", " "),  # taken as the default before
+    ("WORKER_CONCURRENCY", ""),
+    ("WORKER_POLL_SECONDS", "nan"),
+    ("RETRY_SECONDS", "inf"),
+    ("LEASE_SECONDS", "1.5"),
+    ("HISTORY_KEEP", "-3"),
+    ("METRICS_PORT", "65536"),
+    ("METRICS_PORT", "port"),
+    ("STORAGE", "oci:"),
+    ("STORAGE", "oci:/a:b"),
+    ("STORAGE", "docker://host/path"),
+    ("LOG_LEVEL", "verbose"),
+    ("LOG_LEVEL", ""),
+])
+def test_a_bad_value_is_refused_naming_the_variable_and_the_value(name, raw, tmp_path):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(_env(tmp_path, **{name: raw}))
+    message = str(refused.value)
+    assert message.startswith(f"QUAYMIRROR_{name} must be ") and message.endswith(repr(raw)), message
+    assert "\n" not in message
+
+
+def test_a_refused_setting_creates_nothing(tmp_path):
+    """The secret key (and with it the instance folder) is generated only once every setting is good."""
+    env = _env(tmp_path, TAG_CONCURRENCY="many")
+    del env["QUAYMIRROR_SECRET_KEY"]
+    with pytest.raises(SettingsError, match="QUAYMIRROR_TAG_CONCURRENCY"):
+        Settings.from_env(env)
+    assert not (tmp_path / "inst").exists()
+
+
+@pytest.mark.parametrize(("raw", "level"), [(None, "INFO"), ("debug", "DEBUG"), (" Warning ", "WARNING"),
+                                            ("ERROR", "ERROR"), ("info", "INFO")])
+def test_log_level(raw, level, tmp_path):
+    env = _env(tmp_path) if raw is None else _env(tmp_path, LOG_LEVEL=raw)
+    assert Settings.from_env(env).log_level == level
+
+
+def test_numbers_in_range_are_read(tmp_path):
+    settings = Settings.from_env(_env(tmp_path, SKOPEO_TIMEOUT_MAX=" 2.5 ", METRICS_PORT="65535",
+                                      TAG_CONCURRENCY="3", STORAGE="docker://127.0.0.1:5000"))
+    assert (settings.skopeo_timeout_max, settings.metrics_port, settings.tag_concurrency) == (2.5, 65535, 3)
+    assert settings.storage == "docker://127.0.0.1:5000"
+    assert Settings.from_env(_env(tmp_path)).skopeo_timeout_max is None
+
+
+def test_skopeo_resolved_to_the_executable_it_names(tmp_path, monkeypatch):
+    tool = tmp_path / "bin" / "my-skopeo"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    settings = Settings.from_env(_env(tmp_path))
+    monkeypatch.setenv("PATH", str(tool.parent))
+    assert settings.with_overrides(skopeo_path="my-skopeo").with_skopeo_resolved().skopeo_path == str(tool)
+    monkeypatch.chdir(tmp_path)  # a relative path becomes absolute: skopeo runs in a run directory
+    assert settings.with_overrides(skopeo_path="bin/my-skopeo").with_skopeo_resolved().skopeo_path == str(tool)
+
+
+def test_skopeo_that_is_not_an_executable_is_refused(tmp_path, monkeypatch):
+    plain = tmp_path / "plain"
+    plain.write_text("not a program")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    settings = Settings.from_env(_env(tmp_path))
+    for path in ["skopeo", "no-such-skopeo", str(plain), str(tmp_path), str(tmp_path / "missing")]:
+        with pytest.raises(SettingsError) as refused:
+            settings.with_overrides(skopeo_path=path).with_skopeo_resolved()
+        assert str(refused.value) == (f"QUAYMIRROR_SKOPEO must be an executable (a path, or a name on PATH), "
+                                      f"not {path!r}")

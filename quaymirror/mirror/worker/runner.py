@@ -43,7 +43,7 @@ from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker import claims
 from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles
 from quaymirror.mirror.worker.sync import STOP_CANCELLED, STOP_LOST, STOP_SHUTDOWN, SyncRun
-from quaymirror.settings import Settings, SettingsError
+from quaymirror.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,22 +61,11 @@ class ActiveRun:
     renewed: float = field(default_factory=time.monotonic)
 
 
-def check_storage(settings: Settings) -> None:
-    storage = settings.storage
-    if storage.startswith("oci:") and len(storage) > 4 and ":" not in storage[4:]:
-        return
-    if storage.startswith("docker://") and storage[9:].strip("/") and "/" not in storage[9:].strip("/"):
-        return
-    raise SettingsError(f"QUAYMIRROR_STORAGE must be oci:<dir> (no ':' in it) or docker://<host[:port]>, "
-                        f"not {storage!r}")
-
-
 class Worker:
     """One worker: runs up to ``worker_concurrency`` mirrors at once, coordinating only through the database."""
 
     def __init__(self, settings: Settings, database: Database | None = None, *, owner: str | None = None,
                  listen: bool = True, subscribe: bool = True) -> None:
-        check_storage(settings)
         self.settings = settings
         self.database = database or Database(settings.database_url)
         self._own_database = database is None

@@ -470,6 +470,8 @@ class SyncRun:
                 # Tags sharing a manifest are copied one after the other: distribution can fail two concurrent
                 # pushes of one index into one repository ("Manifest list must be converted ...").
                 with self._digest_lock(upstream):
+                    # Said as it starts, not only as it ends: a large image copies for minutes.
+                    log.info("mirror %s: copying %s (%s)", mirror.path, tag, upstream)
                     for attempt in range(1, COPY_ATTEMPTS + 1):
                         copied = skopeo.copy(f"docker://{mirror.reference}:{tag}", target.reference,
                                              src_tls_verify=mirror.verify_tls, src_authfile=src_auth,
