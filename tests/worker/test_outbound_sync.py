@@ -235,6 +235,25 @@ def test_a_manifest_head_redirected_to_an_allowed_host_is_followed(
     assert skopeo_commands(log) == ["copy", "copy"]  # the digest came from the redirected HEAD, not skopeo inspect
 
 
+def test_a_manifest_head_that_redirects_forever_fails_that_tag_without_skopeo(
+        registry, tmp_path, mirrors, make_worker, counting_skopeo, markers):
+    """The same stand-in, answering a HEAD with a redirect to itself: past the client's hop limit the tag
+    fails instead of going to skopeo inspect, which would go on following it without the SSRF rules."""
+    push_images(registry, "up/app", ["ok", "loop"], workdir=tmp_path / "images")
+    special = {("HEAD", "/v2/up/app/manifests/loop"): (307, {"Location": "/v2/up/app/manifests/loop"}, b"")}
+    with Recorder("127.0.0.1", answer=forwarding(registry, special)) as upstream:
+        markers.append(upstream.authority)
+        config_id = mirrors.create("org/app", f"{upstream.authority}/up/app", ["*"])
+        wrapper, log = counting_skopeo
+        assert sync_once(make_worker(skopeo_path=str(wrapper))) == 1
+    [run] = mirrors.runs(config_id)
+    tags = mirrors.tags(run.id)
+    assert (tags["loop"].outcome, tags["loop"].reason) == ("failed", reasons.INVALID_SOURCE)
+    assert "redirects" in tags["loop"].output
+    assert tags["ok"].outcome == "copied"
+    assert skopeo_commands(log) == ["copy"] and _copied_tags(log) == ["ok"]
+
+
 # ------------------------------------------------------------------ the upstream's own host
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from quaymirror.mirror.worker import reasons
 from quaymirror.mirror.worker.registry_client import INDEX_TYPES, RegistryClient, RegistryError
 from quaymirror.mirror.worker.skopeo import RunFiles, Skopeo
+from quaymirror.security.outbound import OutboundRefused
 from quaymirror.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ class RegistryRepository:
             if listed is not None and tag not in listed:
                 return None
             return self.client.manifest_digest(self.repository, tag)
-        except (OSError, RegistryError) as error:
+        except (OSError, RegistryError, OutboundRefused) as error:
             raise DestinationError(f"cannot read {self.describe()}:{tag}: {error}") from None
 
     def _listed(self) -> frozenset[str] | None:
@@ -323,7 +324,7 @@ class RegistryRepository:
                 self._listed_once = True
                 try:
                     self._tags = frozenset(self.client.tags(self.repository))
-                except RegistryError as error:
+                except (RegistryError, OutboundRefused) as error:
                     log.info("%s: no tag list (%s); asking for each tag", self.describe(), error)
         return self._tags
 
@@ -340,7 +341,7 @@ class RegistryRepository:
         def fetch(ref: str) -> bytes | None:
             try:
                 return self.client.manifest(self.repository, ref)
-            except (OSError, RegistryError):
+            except (OSError, RegistryError, OutboundRefused):
                 return None
 
         return image_size(fetch, digest)
@@ -351,7 +352,7 @@ class RegistryRepository:
             current = {tag: self.client.manifest_digest(self.repository, tag) for tag in doomed}
             others = [t for t in self.client.tags(self.repository) if t not in doomed]
             kept_digests = {self.client.manifest_digest(self.repository, t) for t in others}
-        except (OSError, RegistryError) as error:
+        except (OSError, RegistryError, OutboundRefused) as error:
             return {tag: Removal("failed", reasons.CONNECTION_ERROR if isinstance(error, OSError)
                                  else reasons.UNKNOWN_ERROR, f"cannot read the destination: {error}")
                     for tag in doomed}

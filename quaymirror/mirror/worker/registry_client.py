@@ -69,6 +69,11 @@ class RegistryError(RuntimeError):
         self.status = status
 
 
+class RedirectError(RegistryError):
+    """A redirect that cannot be followed (an unusable ``Location``, too many hops): the caller must not hand
+    the reference to skopeo instead, which would follow the same redirect without the SSRF rules."""
+
+
 class RateLimited(RegistryError):
     """The registry refused the request for its pull rate limit (429), or said none are left."""
 
@@ -208,12 +213,12 @@ class RegistryClient:
             try:
                 target, path = _target(urllib.parse.urljoin(here, location.strip()))
             except ValueError:
-                raise RegistryError(f"{first} was redirected (HTTP {resp.status}) to an unusable location",
+                raise RedirectError(f"{first} was redirected (HTTP {resp.status}) to an unusable location",
                                     resp.status) from None
             if resp.status == 303 and method != "HEAD":
                 method = "GET"
             sent = headers if target == origin else {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        raise RegistryError(f"{first}: more than {MAX_REDIRECTS} redirects")
+        raise RedirectError(f"{first}: more than {MAX_REDIRECTS} redirects")
 
     def _exchange(self, key: Origin, method: str, path: str, headers: dict[str, str]) -> Response:
         """One request and its response on this thread's kept-alive connection to ``key``."""

@@ -69,6 +69,7 @@ from quaymirror.mirror.worker.registry_client import (
     INDEX_TYPES,
     ManifestHead,
     RateLimited,
+    RedirectError,
     RegistryClient,
     RegistryError,
 )
@@ -419,7 +420,7 @@ class SyncRun:
 
         try:
             head = self._head(mirror, tag)
-        except OutboundRefused as refused:  # a realm or redirect the SSRF rules refuse: skopeo must not follow it
+        except (OutboundRefused, RedirectError) as refused:  # skopeo must not follow it (unchecked)
             return done(history.FAILED, reason=reasons.INVALID_SOURCE, message=str(refused))
         except RateLimited as error:
             return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error))
@@ -441,9 +442,6 @@ class SyncRun:
             present = destination.digest(tag)
         except DestinationError as error:
             return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=upstream)
-        except OutboundRefused as refused:  # the destination's realm or redirect on another, refused host
-            return done(history.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
-                        message=f"cannot read {destination.describe()}:{tag}: {refused}")
         if present == upstream:
             return done(history.SKIPPED, digest=upstream)
         if self.upstream is not None and self.upstream.rate_limit_remaining == 0:
@@ -506,7 +504,7 @@ class SyncRun:
             return None
         try:
             tags = self.upstream.tags(self.upstream_repository, missing_ok=False)
-        except OutboundRefused as refused:  # skopeo list-tags would follow it: the run stops here
+        except (OutboundRefused, RedirectError) as refused:  # skopeo list-tags would follow it: the run stops here
             raise RunFailed(reasons.INVALID_SOURCE, str(refused), "Not applicable", "Not applicable") from None
         except TimeoutError:
             if mirror.timeout > HTTP_TIMEOUT:  # skopeo has the rest of the budget (and can be killed)
@@ -523,13 +521,14 @@ class SyncRun:
     def _head(self, mirror: Mirror, tag: str) -> ManifestHead | None:
         """The upstream digest from a manifest HEAD; None when skopeo must tell (no client, no digest, an error).
 
-        An SSRF refusal (OutboundRefused) is not an error skopeo could explain: it propagates.
+        An SSRF refusal (OutboundRefused) or a redirect that cannot be followed (RedirectError) is not an
+        error skopeo could explain, and skopeo would follow it unchecked: both propagate.
         """
         if self.upstream is None:
             return None
         try:
             return self.upstream.manifest_head(self.upstream_repository, tag)
-        except RateLimited:
+        except (RateLimited, RedirectError):
             raise
         except TimeoutError:
             if mirror.timeout <= HTTP_TIMEOUT:  # the whole budget is spent
