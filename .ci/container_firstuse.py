@@ -95,7 +95,8 @@ def host_pip_config() -> tuple[list[str], list[str]]:
                 word = inside(word)
             words.append(word)
         env += ["-e", f"PIP_{name.upper().replace('-', '_')}={' '.join(words)}"]
-    volumes = [arg for src, dst in sorted(mounts.items()) if os.path.exists(src) for arg in ("-v", f"{src}:{dst}:ro")]
+    volumes = [arg for src, dst in sorted(mounts.items()) if os.path.exists(src)
+               for arg in ("-v", f"{src}:{dst}:ro")]
     return env, volumes
 
 
@@ -130,11 +131,13 @@ class Container:
     def http_get(self, path: str, port: int = 8080, token: str | None = None) -> str:
         """A GET from inside the container, with bash alone (there is no curl in a fresh image)."""
         auth = f"Authorization: Bearer {token}\\r\\n" if token else ""
-        return self.sh(f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf 'GET {path} HTTP/1.0\\r\\n{auth}\\r\\n' >&3 "
-                       "&& cat <&3", check=False, timeout=30)
+        request = f"GET {path} HTTP/1.0\\r\\n{auth}\\r\\n"
+        return self.sh(f"exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && cat <&3",
+                       check=False, timeout=30)
 
     def remove(self) -> None:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", self.name], capture_output=True, timeout=60, check=False)
+        subprocess.run(["podman", "rm", "-f", "-t", "0", self.name], capture_output=True, timeout=60,
+                       check=False)
 
 
 def wait_for(predicate: Callable[[], object], what: str, timeout: float, step: float = 1.0) -> object:
@@ -156,8 +159,10 @@ def check_readme(as_user: str | None) -> float:
         user, home = "root", "/root"
         if as_user:
             user, home = as_user, f"/home/{as_user}"
-            box.sh("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq sudo >/dev/null"
-                   f" && useradd -m -s /bin/bash {user} && echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user}")
+            box.sh("export DEBIAN_FRONTEND=noninteractive; apt-get update -qq"
+                   " && apt-get install -y -qq sudo >/dev/null"
+                   f" && useradd -m -s /bin/bash {user}"
+                   f" && echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user}")
         box.like_official_image()
         checkout = f"{home}/quaymirror"
         box.copy_checkout(checkout, owner=user)
@@ -181,8 +186,8 @@ def check_readme(as_user: str | None) -> float:
         me = box.http_get("/api/v1/user/", token=token)
         assert '"username": "admin"' in me and '"super_user": true' in me, me
         who = f"as {as_user} with sudo" if as_user else "as root"
-        print(f"container: README install {who} (apt-get update, apt, venv, pip) to /healthz in {took:.0f} s; "
-              "the printed admin token works")
+        print(f"container: README install {who} (apt-get update, apt, venv, pip) to /healthz "
+              f"in {took:.0f} s; the printed admin token works")
         return took
     finally:
         box.remove()
