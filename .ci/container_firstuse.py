@@ -1,6 +1,6 @@
 """First use on a brand-new Debian 12 machine, each in a container from the debootstrap base.
 
-Run by .ci/containers. The base is made to look like the official ``debian:12`` image first: no apt
+Run by .ci/containers, which makes the base image (``ctr_base``) first. The base is made to look like the official ``debian:12`` image first: no apt
 lists, no Python, no CA certificates. Then:
 
 * ``readme``: the README's first command, read from README.md (never retyped), runs verbatim in the
@@ -105,7 +105,7 @@ class Container:
 
     def __init__(self, role: str, volumes: list[str]) -> None:
         self.name = f"qm-firstuse-{role}-{uuid.uuid4().hex[:6]}"
-        run("podman", "run", "-d", "--name", self.name, "--hostname", self.name, *volumes, BASE,
+        run("podman", "run", "-d", "--pull=never", "--name", self.name, "--hostname", self.name, *volumes, BASE,
             "sleep", "infinity")
 
     def sh(self, script: str, *, user: str = "root", env: tuple[str, ...] = (), detach: bool = False,
@@ -218,10 +218,12 @@ def check_provision() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checks", nargs="*", default=["readme", "readme-sudo", "provision"],
-                        choices=["readme", "readme-sudo", "provision"])
+    checks = ["readme", "readme-sudo", "provision"]
+    parser.add_argument("checks", nargs="*", metavar="CHECK", help=f"one of {', '.join(checks)} (default: all)")
     args = parser.parse_args()
-    for check in args.checks:
+    if set(args.checks) - set(checks):
+        parser.error(f"unknown check(s): {' '.join(sorted(set(args.checks) - set(checks)))}")
+    for check in args.checks or checks:
         if check == "readme":
             check_readme(None)
         elif check == "readme-sudo":
