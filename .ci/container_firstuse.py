@@ -1,7 +1,8 @@
 """First use on a brand-new Debian 12 machine, each in a container from the debootstrap base.
 
-Run by .ci/containers, which makes the base image (``ctr_base``) first. The base is made to look like the official ``debian:12`` image first: no apt
-lists, no Python, no CA certificates. Then:
+Run by .ci/containers, which makes the base image (``ctr_base``) first. Each container of it is made
+to look like the official ``debian:12`` image first: no apt lists, no Python, no CA certificates.
+Then:
 
 * ``readme``: the README's first command, read from README.md (never retyped), runs verbatim in the
   checkout copied in (tracked and untracked files, not the host's .venv): as root, and as a user with
@@ -180,9 +181,10 @@ def check_readme(as_user: str | None) -> float:
 
         wait_for(answered, "/healthz of the README's quaymirror serve", README_TIMEOUT)
         took = time.monotonic() - started
-        output = box.sh(f"cat {log}")
-        assert "Admin token" in output, output[-2000:]
-        token = box.sh(f"cat {checkout}/instance/admin-token").strip()
+        printed = re.search(r"Admin token .*:\n(\S+)\n", box.sh(f"cat {log}"))
+        assert printed, box.sh(f"cat {log}")[-2000:]
+        token = printed.group(1)
+        assert box.sh(f"cat {checkout}/instance/admin-token").strip() == token
         me = box.http_get("/api/v1/user/", token=token)
         assert '"username": "admin"' in me and '"super_user": true' in me, me
         who = f"as {as_user} with sudo" if as_user else "as root"
