@@ -12,19 +12,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import request
 from flask_restful import Api, Resource
 from sqlalchemy import select
 
 from quaymirror import web
 from quaymirror.auth.permissions import require_repo_role
-from quaymirror.errors import InvalidRequest, NotFound
+from quaymirror.errors import NotFound
 from quaymirror.mirror.history import RUN_SYNCING, SyncRun, SyncTag
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_PAGE = 1_000_000
+
+
+class SyncListQuery(web.Query):
+    """``?page=&limit=``: an empty value means the default."""
+
+    page = web.Int64(minimum=1, maximum=MAX_PAGE, load_default=1, empty_is_missing=True,
+                     metadata={"description": "Page of runs, newest first."})
+    limit = web.Int64(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT, empty_is_missing=True,
+                      metadata={"description": "Runs per page."})
 
 
 def _repository(namespace: str, repository: str) -> Repository:
@@ -37,20 +46,6 @@ def _repository(namespace: str, repository: str) -> Repository:
 
 def _date(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
-
-
-def _int_arg(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name}: must be an integer") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidRequest(f"{name}: must be {bound}")
-    return value
 
 
 def run_view(run: SyncRun) -> dict[str, Any]:
@@ -95,8 +90,8 @@ def tag_view(tag: SyncTag) -> dict[str, Any]:
 class MirrorSyncs(Resource):
     def get(self, namespace: str, repository: str):
         repo = _repository(namespace, repository)
-        limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        page = _int_arg("page", 1, 1, 1_000_000)
+        args = web.query(SyncListQuery())
+        page, limit = args["page"], args["limit"]
         rows = list(web.session().scalars(
             select(SyncRun).where(SyncRun.repository_id == repo.id)
             .order_by(SyncRun.id.desc()).offset((page - 1) * limit).limit(limit + 1)
@@ -118,4 +113,4 @@ class MirrorSync(Resource):
 def register(api: Api) -> None:
     base = "/repository/<string:namespace>/<string:repository>/mirror/syncs"
     api.add_resource(MirrorSyncs, base, endpoint="mirror_syncs")
-    api.add_resource(MirrorSync, f"{base}/<int:run_id>", endpoint="mirror_sync")
+    api.add_resource(MirrorSync, f"{base}/<id:run_id>", endpoint="mirror_sync")
