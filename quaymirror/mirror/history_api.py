@@ -2,9 +2,11 @@
 
 ``GET /api/v1/repository/<ns>/<repo>/mirror/syncs?page=1&limit=20`` lists
 runs newest first; ``GET .../mirror/syncs/<id>`` adds the per-tag results.
-Same authorization as the mirror GET (repository admin, or superuser with full
-access; never public). A run in progress shows ``progress`` (tags done /
-matched) as the worker records each tag.
+Same authorization and the same 404 as the mirror GET (repository admin, or
+superuser with full access; never public; 404 without a mirror configuration).
+The history is the current configuration's: the runs of a deleted one stay in
+the table for the audit trail, but neither route shows them. A run in progress
+shows ``progress`` (tags done / matched) as the worker records each tag.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from sqlalchemy import select
 from quaymirror import web
 from quaymirror.auth.permissions import require_repo_role
 from quaymirror.errors import NotFound
+from quaymirror.mirror import service as mirrors
 from quaymirror.mirror.history import RUN_SYNCING, SyncRun, SyncTag
+from quaymirror.mirror.models import RepoMirrorConfig
 from quaymirror.repositories import service as repositories
-from quaymirror.repositories.models import Repository
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -36,12 +39,14 @@ class SyncListQuery(web.Query):
                       metadata={"description": "Runs per page."})
 
 
-def _repository(namespace: str, repository: str) -> Repository:
+def _config(namespace: str, repository: str) -> RepoMirrorConfig:
+    """The repository's current mirror configuration, checked as GET /mirror checks it (401/403, then 404)."""
+    session = web.session()
     _ns, repo = require_repo_role(
-        web.session(), web.caller(required=False), namespace, repository, "admin",
+        session, web.caller(required=False), namespace, repository, "admin",
         superuser_full_access=web.settings().superusers_full_access, public_read=False,
     )
-    return repositories.require(repo)
+    return mirrors.require(session, repositories.require(repo))
 
 
 def _date(value: datetime | None) -> str | None:
@@ -89,11 +94,11 @@ def tag_view(tag: SyncTag) -> dict[str, Any]:
 
 class MirrorSyncs(Resource):
     def get(self, namespace: str, repository: str):
-        repo = _repository(namespace, repository)
+        config = _config(namespace, repository)
         args = web.query(SyncListQuery())
         page, limit = args["page"], args["limit"]
         rows = list(web.session().scalars(
-            select(SyncRun).where(SyncRun.repository_id == repo.id)
+            select(SyncRun).where(SyncRun.repository_id == config.repository_id, SyncRun.config_id == config.id)
             .order_by(SyncRun.id.desc()).offset((page - 1) * limit).limit(limit + 1)
         ))
         return {"syncs": [run_view(r) for r in rows[:limit]], "page": page, "has_additional": len(rows) > limit}
@@ -101,10 +106,10 @@ class MirrorSyncs(Resource):
 
 class MirrorSync(Resource):
     def get(self, namespace: str, repository: str, run_id: int):
-        repo = _repository(namespace, repository)
+        config = _config(namespace, repository)
         session = web.session()
         run = session.get(SyncRun, run_id)
-        if run is None or run.repository_id != repo.id:
+        if run is None or run.config_id != config.id:
             raise NotFound()
         tags = session.scalars(select(SyncTag).where(SyncTag.run_id == run.id).order_by(SyncTag.id))
         return {**run_view(run), "tag_results": [tag_view(t) for t in tags]}
