@@ -420,8 +420,9 @@ def _converter_schema(app: Flask, name: str) -> dict[str, Any]:
     """A path parameter's schema, from the bounds its converter enforces (a value outside answers 404)."""
     converter = app.url_map.converters.get(name or "default")
     if converter is not None and issubclass(converter, web.IdConverter):
-        return {"type": "integer", "format": "int64", "minimum": converter.minimum, "maximum": converter.maximum}
-    if converter is not None and issubclass(converter, NumberConverter):  # werkzeug's own: unsigned, unbounded
+        return {"type": "integer", "format": "int64",
+                "minimum": converter.minimum, "maximum": converter.maximum}
+    if converter is not None and issubclass(converter, NumberConverter):  # werkzeug's: unsigned, unbounded
         return {"type": "integer" if issubclass(converter, IntegerConverter) else "number", "minimum": 0}
     return {"type": "string", "minLength": 1}
 

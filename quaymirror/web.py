@@ -145,9 +145,9 @@ def load(schema: Schema, data: Any = None) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ integers of paths and query strings
-# The signed 64-bit range: SQLite's INTEGER and PostgreSQL's bigint. A value outside it cannot be stored,
-# compared or used as an OFFSET by either database (SQLite's driver even raises OverflowError), so every
-# integer a request carries is checked against it before any query sees it.
+# The signed 64-bit range: SQLite's INTEGER and PostgreSQL's bigint. Neither database stores a value outside
+# it, PostgreSQL refuses one as an OFFSET and SQLite's driver cannot even bind one (OverflowError, a 500), so
+# every integer a request carries is checked against it before any query sees it.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
@@ -177,10 +177,13 @@ class Query(Schema):
 class Int64(fields.Integer):
     """An integer query argument, never outside ``minimum``..``maximum`` (at most the signed 64-bit range).
 
-    ``empty_is_missing`` makes ``?page=`` mean "not given" for the endpoints that always read it so.
+    With ``empty_is_missing``, ``?page=`` means the default (as the history endpoints always read it).
     """
 
-    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "must be an integer", "range": "must be between {min} and {max}"}
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "invalid": "must be an integer",
+        "range": "must be between {min} and {max}",
+    }
 
     def __init__(self, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX, empty_is_missing: bool = False,
                  **kwargs: Any) -> None:

@@ -1,4 +1,4 @@
-"""Integers of paths and query strings, checked once in the shared plumbing (quaymirror.web), on both backends.
+"""Integers of paths and query strings, checked once in the shared plumbing (quaymirror.web); both backends.
 
 Every integer a request carries is range-checked before any query sees it: outside the signed 64-bit range
 (SQLite's INTEGER, PostgreSQL's bigint) a path id answers the route's JSON 404 and a query argument a JSON
@@ -19,22 +19,22 @@ from werkzeug.routing.converters import NumberConverter
 
 from quaymirror import web
 from quaymirror.mirror import history
-from quaymirror.openapi import OPERATIONS, PREFIX
+from quaymirror.openapi import _RULE_VARIABLE, OPERATIONS, PREFIX
 from tests.conftest import TEST_SECRET
 from tests.worker.helpers import Mirrors
 
 # The values the issue lists: inside the range (0, 2^63-1) and outside (-1, 2^63, 2^64+1, 10^40).
 VALUES = (0, -1, 2**63 - 1, 2**63, 2**64 + 1, 10**40)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-NOT_FOUND = {"detail": "Not Found", "error_message": "Not Found", "error_type": "not_found", "title": "not_found",
-             "type": "http://localhost/api/v1/error/not_found", "status": 404}
+NOT_FOUND = {"detail": "Not Found", "error_message": "Not Found", "error_type": "not_found",
+             "title": "not_found", "type": "http://localhost/api/v1/error/not_found", "status": 404}
 
 # How to reach each route: its string path parameters, and the query arguments its integers need to matter
 # (health reads limit and offset only for the detailed list).
 PATH_VALUES = {"namespace": "devtable", "repository": "mirrored", "prefix": "dev"}
 CONTEXT_ARGS = {"repository_mirror_health": {"detailed": "true"}}
 
-_VARIABLE = re.compile(r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^>]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
+_VARIABLE = _RULE_VARIABLE  # the document's own reading of a rule's variables
 
 
 @dataclass

@@ -221,7 +221,7 @@ class HealthQuery(web.Query):
     namespace = fields.String(load_default="", metadata={"description": "Only this namespace's mirrors."})
     detailed = web.QueryBool(truthy=_TRUE, falsy=_FALSE, load_default=False,
                              error_messages={"invalid": "Invalid literal for boolean(): {input}"},
-                             metadata={"description": "List the repositories (paginated by limit and offset)."})
+                             metadata={"description": "Also list the repositories (limit, offset)."})
     limit = web.Int64(load_default=DEFAULT_LIMIT, error_messages=_NOT_AN_INT,
                       metadata={"description": f"Page size of the details, clamped to 1..{MAX_LIMIT}."})
     offset = web.Int64(load_default=0, error_messages=_NOT_AN_INT,

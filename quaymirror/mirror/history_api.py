@@ -98,7 +98,8 @@ class MirrorSyncs(Resource):
         args = web.query(SyncListQuery())
         page, limit = args["page"], args["limit"]
         rows = list(web.session().scalars(
-            select(SyncRun).where(SyncRun.repository_id == config.repository_id, SyncRun.config_id == config.id)
+            select(SyncRun)
+            .where(SyncRun.repository_id == config.repository_id, SyncRun.config_id == config.id)
             .order_by(SyncRun.id.desc()).offset((page - 1) * limit).limit(limit + 1)
         ))
         return {"syncs": [run_view(r) for r in rows[:limit]], "page": page, "has_additional": len(rows) > limit}

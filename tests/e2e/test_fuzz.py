@@ -63,13 +63,15 @@ def seed_runs(database_url: str) -> dict[str, list[int]]:
     runs: dict[str, list[int]] = {}
     try:
         with database.transaction() as session:
-            configs = session.execute(select(RepoMirrorConfig.id, RepoMirrorConfig.repository_id, Repository.name)
-                                      .join(Repository, Repository.id == RepoMirrorConfig.repository_id)).all()
+            configs = session.execute(
+                select(RepoMirrorConfig.id, RepoMirrorConfig.repository_id, Repository.name)
+                .join(Repository, Repository.id == RepoMirrorConfig.repository_id)).all()
         for config_id, repository_id, name in configs:
             for index in range(RUNS_PER_MIRROR):
                 with database.transaction() as session:
                     run = history.start_run(session, repository_id=repository_id, config_id=config_id,
-                                            trigger=history.TRIGGER_SCHEDULE, worker="fuzz", lease_token=f"f{index}")
+                                            trigger=history.TRIGGER_SCHEDULE, worker="fuzz",
+                                            lease_token=f"f{index}")
                     history.set_matched(session, run.id, 1)
                     history.record_tag(session, run.id, "latest", history.COPIED,
                                        digest="sha256:" + "c" * 64, size=1234, duration_ms=5)
@@ -258,7 +260,8 @@ def _integer_parameters(document: dict) -> list[tuple[str, dict]]:
     found = []
     for path, item in document["paths"].items():
         found += [(path, p) for p in item.get("parameters", [])]
-        found += [(path, p) for method, op in item.items() if method != "parameters" for p in op.get("parameters", [])]
+        found += [(path, p) for method, op in item.items() if method != "parameters"
+                  for p in op.get("parameters", [])]
     return [(path, p) for path, p in found if p["schema"].get("type") == "integer"]
 
 
@@ -272,7 +275,10 @@ def _extremes_missed(document: dict, uris: set[str]) -> list[str]:
     missed = []
     for path, parameter in _integer_parameters(document):
         for value in (parameter["schema"]["minimum"] - 1, parameter["schema"]["maximum"] + 1):
-            sent = str(value) in paths if parameter["in"] == "path" else f"{parameter['name']}={value}" in queries
+            if parameter["in"] == "path":
+                sent = str(value) in paths
+            else:
+                sent = f"{parameter['name']}={value}" in queries
             if not sent:
                 missed.append(f"{path} {parameter['name']}={value}")
     return missed
@@ -323,8 +329,9 @@ def test_fuzz_every_operation_on_a_real_server(live_server, tmp_path):
             outcome.add(part)
             print(f"\nseed {seed} {name}: {part.requests} requests, exit {part.code}")
     took = time.monotonic() - started
-    print(f"fuzzing: {len(operation_ids)} operations, {sum(o.requests for o in outcomes.values())} requests in "
-          f"{took:.1f}s; " + ", ".join(f"seed {seed}: {o.requests}" for seed, o in outcomes.items()))
+    total = sum(o.requests for o in outcomes.values())
+    print(f"fuzzing: {len(operation_ids)} operations, {total} requests in {took:.1f}s; "
+          + ", ".join(f"seed {seed}: {o.requests}" for seed, o in outcomes.items()))
     print(_coverage(outcomes, operation_ids))
 
     errors = [line for line in live_server.output

@@ -153,8 +153,8 @@ def test_integers_declare_their_bounds(served):
     from quaymirror import web
 
     paths = served["paths"]
-    [run_id] = [p for p in paths["/api/v1/repository/{namespace}/{repository}/mirror/syncs/{run_id}"]["parameters"]
-                if p["name"] == "run_id"]
+    sync_run = paths["/api/v1/repository/{namespace}/{repository}/mirror/syncs/{run_id}"]
+    [run_id] = [p for p in sync_run["parameters"] if p["name"] == "run_id"]
     assert run_id["schema"] == {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1}
     queried = 0
     for item in paths.values():
@@ -167,8 +167,8 @@ def test_integers_declare_their_bounds(served):
             for parameter in op.get("parameters", []):
                 schema = parameter["schema"]
                 if schema.get("type") == "integer":
-                    assert schema["format"] == "int64" and -(2**63) <= schema["minimum"] <= schema["maximum"] \
-                        <= 2**63 - 1, (op["operationId"], parameter)
+                    assert schema["format"] == "int64", (op["operationId"], parameter)
+                    assert -(2**63) <= schema["minimum"] <= schema["maximum"] <= 2**63 - 1, parameter
     # The query parameters are the query schemas' fields, bounds included (no second, hand-written copy).
     by_id = {op["operationId"]: op for item in paths.values() for m, op in item.items() if m != "parameters"}
     for operation in OPERATIONS.values():
@@ -182,7 +182,8 @@ def test_integers_declare_their_bounds(served):
             assert (parameter["in"], parameter["required"]) == ("query", False)
             if isinstance(field, web.Int64):
                 [bounds] = [v for v in field.validators if isinstance(v, validate.Range)]
-                assert (parameter["schema"]["minimum"], parameter["schema"]["maximum"]) == (bounds.min, bounds.max)
+                schema = parameter["schema"]
+                assert (schema["minimum"], schema["maximum"]) == (bounds.min, bounds.max), parameter
                 queried += 1
     assert queried >= 4  # history's page and limit, health's limit and offset
     health = {p["name"]: p["schema"] for p in by_id["getRepoMirrorHealth"]["parameters"]}

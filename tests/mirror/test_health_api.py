@@ -233,8 +233,9 @@ def test_limit_and_offset_are_clamped(hw, su_client):
     assert body["repositories"]["pagination"]["limit"] == 1
     assert get(su_client, hw, limit="many").status_code == 400
     mirror(hw, "devtable/a", S.SUCCESS)
-    largest = get(su_client, hw, detailed="true", limit=2**63 - 1, offset=2**63 - 1).get_json()["repositories"]
-    assert (largest["details"], largest["pagination"]) == ([], {"limit": 1000, "offset": 2**63 - 1, "has_more": False})
+    largest = get(su_client, hw, detailed="true", limit=2**63 - 1, offset=2**63 - 1).get_json()
+    assert (largest["repositories"]["details"], largest["repositories"]["pagination"]) == (
+        [], {"limit": 1000, "offset": 2**63 - 1, "has_more": False})
     huge = get(su_client, hw, detailed="true", offset=10**30)  # no database integer holds it
     assert (huge.status_code, huge.get_json()["detail"]) == (
         400, "offset: must be between -9223372036854775808 and 9223372036854775807")
