@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import time
@@ -284,6 +285,23 @@ def _extremes_missed(document: dict, uris: set[str]) -> list[str]:
     return missed
 
 
+_SERVER_ERROR = re.compile(r'HTTP/[0-9.]+" 5[0-9][0-9] ')
+
+
+def _server_errors(output: list[str], limit: int = 3) -> list[str]:
+    """The server's 5xx access lines and its first ``limit`` logged errors with their tracebacks."""
+    lines, shown, until = [], 0, 0
+    for index, line in enumerate(output):
+        if index < until:
+            continue
+        if _SERVER_ERROR.search(line):
+            lines.append(line[:300])
+        elif shown < limit and any(word in line for word in ("unhandled error", "Traceback", "unavailable")):
+            shown, until = shown + 1, index + 40
+            lines += [text_[:300] for text_ in output[index:until]]
+    return lines
+
+
 def _coverage(outcomes: dict[int, Outcome], operation_ids: list[str]) -> str:
     """Requests per operation and seed, and the statuses each operation answered (all seeds)."""
     lines = [f"{'operation':<28}" + "".join(f"{seed:>10}" for seed in outcomes) + "  statuses"]
@@ -334,15 +352,14 @@ def test_fuzz_every_operation_on_a_real_server(live_server, tmp_path):
           + ", ".join(f"seed {seed}: {o.requests}" for seed, o in outcomes.items()))
     print(_coverage(outcomes, operation_ids))
 
-    errors = [line for line in live_server.output
-              if '" 5' in line or "Traceback" in line or "unavailable" in line or "rror" in line][-50:]
+    errors = "\n".join(_server_errors(live_server.output))
     for seed, outcome in outcomes.items():
         tail = "\n".join(line[:300] for text_ in outcome.output for line in text_.splitlines()[-150:])
-        assert outcome.code == 0, f"schemathesis (seed {seed}) found failures:\n{tail}\n--- server errors\n" \
-            + "\n".join(errors)
+        assert outcome.code == 0, \
+            f"schemathesis (seed {seed}) found failures:\n{tail}\n--- server errors\n{errors}"
         server_errors = {status: n for status, n in outcome.statuses.items()
                          if not isinstance(status, int) or status >= 500}
-        assert not server_errors, f"seed {seed}: {server_errors}\n" + "\n".join(errors)
+        assert not server_errors, f"seed {seed}: {server_errors}\n--- server errors\n{errors}"
         assert outcome.requests >= MIN_REQUESTS_PER_SEED, (seed, outcome.requests)
         missed = [op for op in operation_ids if not outcome.operations[op]]
         assert not missed, f"seed {seed} never reached {missed}"
