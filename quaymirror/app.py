@@ -101,6 +101,8 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.extensions["quaymirror.secrets"] = SecretBox(settings.secret_key)
     app.extensions["quaymirror.protector"] = make_protector(web.session)
 
+    # Before any route: a rule binds its converters when it is added.
+    app.url_map.converters["id"] = web.IdConverter
     api = QuayApi(app, prefix="/api/v1")
     from quaymirror.accounts.api import register as register_accounts
     from quaymirror.mirror.api import register as register_mirror

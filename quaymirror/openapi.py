@@ -3,16 +3,17 @@
 The paths come from the Flask url_map, so a route cannot be forgotten: a route
 this module knows nothing about is still described (its path parameters, its
 methods, every error shape), only with a generic operationId and a free-form
-success body. Request bodies and the mirror view come from the marshmallow
-schemas through apispec's MarshmallowPlugin; the other answers are JSON
-Schemas written here, next to the operation table that says which answers each
-operation gives and which OAuth scope it needs.
+success body. Path parameters take their type and bounds from the route's
+converter. Request bodies, query arguments and the mirror view come from the
+marshmallow schemas through apispec's MarshmallowPlugin; the other answers are
+JSON Schemas written here, next to the operation table that says which answers
+each operation gives and which OAuth scope it needs.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from apispec import APISpec
@@ -20,10 +21,15 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask, current_app
 from flask_restful import Api, Resource
 from marshmallow import Schema
+from werkzeug.routing.converters import IntegerConverter, NumberConverter
 
+from quaymirror import web
+from quaymirror.accounts.api import EntitiesQuery
 from quaymirror.accounts.schemas import CreateOrganization, CreateRobot
 from quaymirror.auth import scopes
 from quaymirror.errors import ERROR_DESCRIPTIONS
+from quaymirror.mirror.health import HealthQuery
+from quaymirror.mirror.history_api import SyncListQuery
 from quaymirror.mirror.schemas import (
     RULE_KIND,
     RULE_PATTERN_MAX,
@@ -55,7 +61,6 @@ SCOPE_DESCRIPTIONS = {
     scopes.SUPERUSER: "Super User Access",
 }
 
-_CONVERTERS = {"int": {"type": "integer", "minimum": 0}, "integer": {"type": "integer", "minimum": 0}}
 _RULE_VARIABLE = re.compile(r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^>]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
 
 _ROLE = {"type": "string", "enum": ["read", "write", "admin"]}
@@ -305,7 +310,7 @@ class Operation:
     responses: dict[int, Any]  # status -> component name, inline schema, or None (no body)
     body: type[Schema] | None = None
     body_optional: bool = False
-    query: list[dict[str, Any]] = field(default_factory=list)
+    query: type[web.Query] | None = None
     tags: tuple[str, ...] = ()
     errors: tuple[int, ...] = ()  # errors besides 400/401/403/404/503, e.g. 409
 
@@ -337,10 +342,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                        {204: None}, tags=("robot",)),
     ("Entities", "GET"): Operation(
         "getMatchingEntities", "Users (and a namespace's robots) whose name starts with the prefix.", None,
-        {200: "Entities"}, tags=("entities",),
-        query=[{"name": "namespace", "in": "query", "required": False, "schema": {"type": "string"}},
-               {"name": "includeOrgs", "in": "query", "required": False, "schema": {"type": "string"}},
-               {"name": "includeTeams", "in": "query", "required": False, "schema": {"type": "string"}}]),
+        {200: "Entities"}, tags=("entities",), query=EntitiesQuery),
     ("RepositoryList", "POST"): Operation("createRepo", "Create a repository.", scopes.REPO_CREATE,
                                           {201: "CreatedRepository"}, body=CreateRepository,
                                           tags=("repository",)),
@@ -378,18 +380,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
                                                       scopes.REPO_ADMIN, {204: None}, tags=("mirror",)),
     ("MirrorSyncs", "GET"): Operation(
         "listRepoMirrorSyncs", "The mirror's sync runs, newest first.", scopes.REPO_ADMIN, {200: "SyncRunList"},
-        tags=("mirror",),
-        query=[{"name": "page", "in": "query", "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000}},
-               {"name": "limit", "in": "query", "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]),
+        tags=("mirror",), query=SyncListQuery),
     ("RepositoryMirrorHealth", "GET"): Operation(
         "getRepoMirrorHealth", "Mirror health: workers, repositories, pending tags (503 when degraded).", None,
         {200: "MirrorHealth", 503: {"anyOf": [_ref("MirrorHealth"), _ref("ApiError")]}}, tags=("mirror",),
-        query=[{"name": "namespace", "in": "query", "required": False, "schema": {"type": "string"}},
-               {"name": "detailed", "in": "query", "required": False, "schema": {"type": "boolean"}},
-               {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
-               {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer"}}]),
+        query=HealthQuery),
     ("SuperuserMirrorHealth", "GET"): Operation(
         "getSuperuserMirrorHealth",
         "Mirror health of every namespace for any superuser (super:user scope; full access not needed): "
@@ -421,13 +416,24 @@ def _error_schema(status: int) -> dict[str, Any]:
     return _ref("ApiError")
 
 
-def _openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+def _converter_schema(app: Flask, name: str) -> dict[str, Any]:
+    """A path parameter's schema, from the bounds its converter enforces (a value outside answers 404)."""
+    converter = app.url_map.converters.get(name or "default")
+    if converter is not None and issubclass(converter, web.IdConverter):
+        return {"type": "integer", "format": "int64",
+                "minimum": converter.minimum, "maximum": converter.maximum}
+    if converter is not None and issubclass(converter, NumberConverter):  # werkzeug's: unsigned, unbounded
+        return {"type": "integer" if issubclass(converter, IntegerConverter) else "number", "minimum": 0}
+    return {"type": "string", "minLength": 1}
+
+
+def _openapi_path(app: Flask, rule: str) -> tuple[str, list[dict[str, Any]]]:
     params: list[dict[str, Any]] = []
 
     def replace(match: re.Match) -> str:
         name = match.group("name")
-        schema = dict(_CONVERTERS.get(match.group("converter") or "", {"type": "string", "minLength": 1}))
-        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+        params.append({"name": name, "in": "path", "required": True,
+                       "schema": _converter_schema(app, match.group("converter"))})
         return "{" + name + "}"
 
     return _RULE_VARIABLE.sub(replace, rule), params
@@ -475,6 +481,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
                              "operation needs is in its security requirement and in x-scope."},
     )
     plugin.converter.add_attribute_function(_root_rule_property)
+    plugin.map_to_openapi_type(web.Int64, "integer", "int64")
     for name, schema in COMPONENTS.items():
         spec.components.schema(name, schema)
     spec.components.schema("MirrorConfig", schema=ViewMirrorConfig)
@@ -491,7 +498,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if not (rule.rule == PREFIX or rule.rule.startswith(PREFIX + "/")) or rule.endpoint == "static":
             continue
-        path, params = _openapi_path(rule.rule)
+        path, params = _openapi_path(app, rule.rule)
         path_params[path] = params
         resource = _resource_name(app, rule.endpoint)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
@@ -535,8 +542,8 @@ def _operation(spec: APISpec, op: Operation) -> dict[str, Any]:
     else:
         operation["security"] = [{SECURITY_SCHEME: [op.scope] if op.scope else []}]
         operation["x-scope"] = op.scope or "any valid token"
-    if op.query:
-        operation["parameters"] = op.query
+    if op.query is not None:  # apispec expands the schema into one parameter per argument
+        operation["parameters"] = [{"in": "query", "schema": op.query}]
     if op.body is not None:
         operation["requestBody"] = {"required": not op.body_optional,
                                     "content": {"application/json": {"schema": op.body}}}

@@ -1,15 +1,17 @@
-"""Request plumbing shared by every domain's resources: the session, the caller, the body."""
+"""Request plumbing shared by every domain's resources: the session, the caller, the body, the query string
+and the integers of paths."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from flask import current_app, g, request
-from marshmallow import Schema, ValidationError
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, validate
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
+from werkzeug.routing import IntegerConverter, Map
 
 from quaymirror import metrics
 from quaymirror.auth.models import AccessToken
@@ -127,12 +129,100 @@ def json_body() -> Any:
     return data
 
 
+def _validated(schema: Schema, payload: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        return schema.load(payload)
+    except ValidationError as error:
+        raise InvalidRequest(first_error(error.messages)) from None
+
+
 def load(schema: Schema, data: Any = None) -> dict[str, Any]:
     """Validate ``data`` (default: the JSON body) with ``schema``; a violation is a 400 naming the field."""
     payload = json_body() if data is None else data
     if not isinstance(payload, dict):
         raise InvalidRequest(f"Request body must be a JSON object, not {type(payload).__name__}")
-    try:
-        return schema.load(payload)
-    except ValidationError as error:
-        raise InvalidRequest(first_error(error.messages)) from None
+    return _validated(schema, payload)
+
+
+# ------------------------------------------------------------------ integers of paths and query strings
+# The signed 64-bit range: SQLite's INTEGER and PostgreSQL's bigint. Neither database stores a value outside
+# it, PostgreSQL refuses one as an OFFSET and SQLite's driver cannot even bind one (OverflowError, a 500), so
+# every integer a request carries is checked against it before any query sees it.
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+
+class IdConverter(IntegerConverter):
+    """``<id:name>``: a row id in a path, 0 to 2^63-1 in ASCII digits.
+
+    A value outside the range does not match the route, so the caller gets the app's JSON 404 like for any
+    unknown run, and the database is never asked about an id no column can hold.
+    """
+
+    regex = r"[0-9]+"
+    minimum = 0
+    maximum = INT64_MAX
+
+    def __init__(self, url_map: Map) -> None:
+        super().__init__(url_map, min=self.minimum, max=self.maximum)
+
+
+class Query(Schema):
+    """Base of the schemas of query strings: arguments nobody asked for are ignored, as Quay does."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+
+class Int64(fields.Integer):
+    """An integer query argument, never outside ``minimum``..``maximum`` (at most the signed 64-bit range).
+
+    With ``empty_is_missing``, ``?page=`` means the default (as the history endpoints always read it).
+    """
+
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "invalid": "must be an integer",
+        "range": "must be between {min} and {max}",
+    }
+
+    def __init__(self, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX, empty_is_missing: bool = False,
+                 **kwargs: Any) -> None:
+        if not INT64_MIN <= minimum <= maximum <= INT64_MAX:
+            raise ValueError(f"bounds {minimum}..{maximum} leave the signed 64-bit range")
+        super().__init__(**kwargs)
+        self.empty_is_missing = empty_is_missing
+        self.validators.append(validate.Range(min=minimum, max=maximum, error=self.error_messages["range"]))
+
+    def deserialize(self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None,
+                    **kwargs: Any) -> Any:
+        if self.empty_is_missing and value == "":
+            value = missing
+        return super().deserialize(value, attr, data, **kwargs)
+
+
+class QueryBool(fields.Boolean):
+    """A query flag, compared stripped and case-insensitively with the endpoint's own words.
+
+    With ``falsy=None`` every word but the truthy ones means false (Quay's lenient flags); otherwise a word
+    in neither set is a 400.
+    """
+
+    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "must be a boolean"}
+
+    def __init__(self, *, truthy: Collection[str], falsy: Collection[str] | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.truthy = frozenset(truthy)
+        self.falsy = None if falsy is None else frozenset(falsy)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        word = str(value).strip().lower()
+        if word in self.truthy:
+            return True
+        if self.falsy is None or word in self.falsy:
+            return False
+        raise self.make_error("invalid", input=value)
+
+
+def query(schema: Query) -> dict[str, Any]:
+    """The request's query string loaded with ``schema``; a bad argument is a 400 naming it, as ``load``."""
+    return _validated(schema, request.args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import current_app, request
 from flask_restful import Api, Resource
+from marshmallow import fields
 
 from quaymirror import web
 from quaymirror.accounts import service
@@ -111,9 +112,18 @@ class UserRobot(Robot):
     pass
 
 
-def _flag(name: str) -> bool:
-    """Quay's truthy query flags (``includeOrgs=False`` is what Ansible sends); absent means false."""
-    return request.args.get(name, "false").strip().lower() in {"true", "1", "yes", "on"}
+_FLAG_TRUE = {"true", "1", "yes", "on"}
+
+
+class EntitiesQuery(web.Query):
+    """Quay's lenient flags (``includeOrgs=False`` is what Ansible sends): absent or any other word is false.
+    ``includeTeams`` is accepted and has no effect (there are no teams)."""
+
+    namespace = fields.String(load_default="", metadata={"description": "Also this namespace's robots."})
+    include_orgs = web.QueryBool(truthy=_FLAG_TRUE, falsy=None, load_default=False, data_key="includeOrgs",
+                                 metadata={"description": "Also the organization itself (its admins)."})
+    include_teams = web.QueryBool(truthy=_FLAG_TRUE, falsy=None, load_default=False, data_key="includeTeams",
+                                  metadata={"description": "Accepted; there are no teams."})
 
 
 class Entities(Resource):
@@ -123,16 +133,17 @@ class Entities(Resource):
         Unlike Quay (which answers anonymous callers) a valid token is required: no account enumeration.
         """
         caller = web.caller()
+        args = web.query(EntitiesQuery())
         session = web.session()
         prefix = "".join(prefix.split()).lower()
         robot_namespace = None
         org = None
         org_data: list[dict] = []
-        namespace = service.get_by_name(session, request.args.get("namespace") or "")
+        namespace = service.get_by_name(session, args["namespace"])
         if namespace is not None and namespace.is_organization:
             if is_namespace_member(session, caller.user, namespace):
                 robot_namespace = org = namespace
-                if (_flag("includeOrgs") and caller.has_scope(scopes.ORG_ADMIN)
+                if (args["include_orgs"] and caller.has_scope(scopes.ORG_ADMIN)
                         and is_namespace_admin(session, caller.user, namespace)
                         and namespace.username.startswith(prefix)):
                     org_data.append({"name": namespace.username, "kind": "org", "is_org_member": True,

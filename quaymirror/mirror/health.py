@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Response, request
+from flask import Response
 from flask_restful import Api, Resource
+from marshmallow import fields, post_load
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
@@ -35,7 +36,7 @@ from quaymirror import web
 from quaymirror.accounts.models import User
 from quaymirror.auth.permissions import is_namespace_member, namespace_by_name, superuser_passes
 from quaymirror.db import utcnow
-from quaymirror.errors import Forbidden, InvalidRequest, NotFound, json_response
+from quaymirror.errors import Forbidden, NotFound, json_response
 from quaymirror.mirror import heartbeat
 from quaymirror.mirror.history import SyncRun
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
@@ -46,7 +47,6 @@ STALE_AFTER = timedelta(hours=24)
 MAX_SAMPLES = 5
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-MAX_OFFSET = 2**31 - 1  # beyond any table; keeps huge values from overflowing the database integer
 CACHE_CONTROL = "no-cache, no-store, must-revalidate"
 
 
@@ -204,28 +204,26 @@ def health(session: Session, options: Options, now: datetime | None = None) -> d
 # ------------------------------------------------------------------ endpoint
 _TRUE = {"true", "1", "yes", "on", "t", "y"}
 _FALSE = {"false", "0", "no", "off", "f", "n", ""}
+_NOT_AN_INT = {"invalid": "invalid literal for int() with base 10: {input!r}"}  # Quay's reqparse message
 
 
-def _bool_arg(name: str, default: bool) -> bool:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise InvalidRequest(f"{name}: Invalid literal for boolean(): {raw}")
+class HealthQuery(web.Query):
+    """Quay's arguments: ``limit`` is clamped to 1..MAX_LIMIT and ``offset`` to 0 and up, as Quay does; only a
+    value no database integer can hold (or no integer at all) is a 400."""
 
+    namespace = fields.String(load_default="", metadata={"description": "Only this namespace's mirrors."})
+    detailed = web.QueryBool(truthy=_TRUE, falsy=_FALSE, load_default=False,
+                             error_messages={"invalid": "Invalid literal for boolean(): {input}"},
+                             metadata={"description": "Also list the repositories (limit, offset)."})
+    limit = web.Int64(load_default=DEFAULT_LIMIT, error_messages=_NOT_AN_INT,
+                      metadata={"description": f"Page size of the details, clamped to 1..{MAX_LIMIT}."})
+    offset = web.Int64(load_default=0, error_messages=_NOT_AN_INT,
+                       metadata={"description": "Details to skip; a negative value means 0."})
 
-def _int_arg(name: str, default: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw.strip())
-    except ValueError:
-        raise InvalidRequest(f"{name}: invalid literal for int() with base 10: {raw!r}") from None
+    @post_load
+    def _clamp(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
+        return {**data, "namespace": data["namespace"] or None,
+                "limit": min(MAX_LIMIT, max(1, data["limit"])), "offset": max(0, data["offset"])}
 
 
 def _answer(body: dict[str, Any]) -> Response:
@@ -236,8 +234,9 @@ def _answer(body: dict[str, Any]) -> Response:
 class RepositoryMirrorHealth(Resource):
     def get(self):
         caller = web.caller()
+        args = web.query(HealthQuery())  # before the permission checks: they need the namespace
         session = web.session()
-        namespace_name = request.args.get("namespace") or None
+        namespace_name = args["namespace"]
         full_access = web.settings().superusers_full_access
         namespace_id = None
         if namespace_name is None:
@@ -252,9 +251,9 @@ class RepositoryMirrorHealth(Resource):
             namespace_id = namespace.id
         options = Options(
             namespace_id=namespace_id,
-            detailed=_bool_arg("detailed", False),
-            limit=min(MAX_LIMIT, max(1, _int_arg("limit", DEFAULT_LIMIT))),
-            offset=min(MAX_OFFSET, max(0, _int_arg("offset", 0))),
+            detailed=args["detailed"],
+            limit=args["limit"],
+            offset=args["offset"],
             worker_replicas=web.settings().worker_replicas,
         )
         return _answer(health(session, options))

@@ -2,9 +2,11 @@
 
 ``GET /api/v1/repository/<ns>/<repo>/mirror/syncs?page=1&limit=20`` lists
 runs newest first; ``GET .../mirror/syncs/<id>`` adds the per-tag results.
-Same authorization as the mirror GET (repository admin, or superuser with full
-access; never public). A run in progress shows ``progress`` (tags done /
-matched) as the worker records each tag.
+Same authorization and the same 404 as the mirror GET (repository admin, or
+superuser with full access; never public; 404 without a mirror configuration).
+The history is the current configuration's: the runs of a deleted one stay in
+the table for the audit trail, but neither route shows them. A run in progress
+shows ``progress`` (tags done / matched) as the worker records each tag.
 """
 
 from __future__ import annotations
@@ -12,45 +14,43 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import request
 from flask_restful import Api, Resource
 from sqlalchemy import select
 
 from quaymirror import web
 from quaymirror.auth.permissions import require_repo_role
-from quaymirror.errors import InvalidRequest, NotFound
+from quaymirror.errors import NotFound
+from quaymirror.mirror import service as mirrors
 from quaymirror.mirror.history import RUN_SYNCING, SyncRun, SyncTag
+from quaymirror.mirror.models import RepoMirrorConfig
 from quaymirror.repositories import service as repositories
-from quaymirror.repositories.models import Repository
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+MAX_PAGE = 1_000_000
 
 
-def _repository(namespace: str, repository: str) -> Repository:
+class SyncListQuery(web.Query):
+    """``?page=&limit=``: an empty value means the default."""
+
+    page = web.Int64(minimum=1, maximum=MAX_PAGE, load_default=1, empty_is_missing=True,
+                     metadata={"description": "Page of runs, newest first."})
+    limit = web.Int64(minimum=1, maximum=MAX_LIMIT, load_default=DEFAULT_LIMIT, empty_is_missing=True,
+                      metadata={"description": "Runs per page."})
+
+
+def _config(namespace: str, repository: str) -> RepoMirrorConfig:
+    """The repository's current mirror configuration, checked as GET /mirror checks it (401/403, then 404)."""
+    session = web.session()
     _ns, repo = require_repo_role(
-        web.session(), web.caller(required=False), namespace, repository, "admin",
+        session, web.caller(required=False), namespace, repository, "admin",
         superuser_full_access=web.settings().superusers_full_access, public_read=False,
     )
-    return repositories.require(repo)
+    return mirrors.require(session, repositories.require(repo))
 
 
 def _date(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
-
-
-def _int_arg(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name}: must be an integer") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidRequest(f"{name}: must be {bound}")
-    return value
 
 
 def run_view(run: SyncRun) -> dict[str, Any]:
@@ -94,11 +94,12 @@ def tag_view(tag: SyncTag) -> dict[str, Any]:
 
 class MirrorSyncs(Resource):
     def get(self, namespace: str, repository: str):
-        repo = _repository(namespace, repository)
-        limit = _int_arg("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        page = _int_arg("page", 1, 1, 1_000_000)
+        config = _config(namespace, repository)
+        args = web.query(SyncListQuery())
+        page, limit = args["page"], args["limit"]
         rows = list(web.session().scalars(
-            select(SyncRun).where(SyncRun.repository_id == repo.id)
+            select(SyncRun)
+            .where(SyncRun.repository_id == config.repository_id, SyncRun.config_id == config.id)
             .order_by(SyncRun.id.desc()).offset((page - 1) * limit).limit(limit + 1)
         ))
         return {"syncs": [run_view(r) for r in rows[:limit]], "page": page, "has_additional": len(rows) > limit}
@@ -106,10 +107,10 @@ class MirrorSyncs(Resource):
 
 class MirrorSync(Resource):
     def get(self, namespace: str, repository: str, run_id: int):
-        repo = _repository(namespace, repository)
+        config = _config(namespace, repository)
         session = web.session()
         run = session.get(SyncRun, run_id)
-        if run is None or run.repository_id != repo.id:
+        if run is None or run.config_id != config.id:
             raise NotFound()
         tags = session.scalars(select(SyncTag).where(SyncTag.run_id == run.id).order_by(SyncTag.id))
         return {**run_view(run), "tag_results": [tag_view(t) for t in tags]}
@@ -118,4 +119,4 @@ class MirrorSync(Resource):
 def register(api: Api) -> None:
     base = "/repository/<string:namespace>/<string:repository>/mirror/syncs"
     api.add_resource(MirrorSyncs, base, endpoint="mirror_syncs")
-    api.add_resource(MirrorSync, f"{base}/<int:run_id>", endpoint="mirror_sync")
+    api.add_resource(MirrorSync, f"{base}/<id:run_id>", endpoint="mirror_sync")

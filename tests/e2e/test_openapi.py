@@ -143,3 +143,50 @@ def test_the_document_is_built_from_the_url_map(app):
     document = build_spec(app)
     assert document["paths"]["/api/v1/extra/{thing}"]["get"]["operationId"] == "getExtra"
     schemathesis.openapi.from_dict(document).validate()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_integers_declare_their_bounds(served):
+    """Every integer a path or query string takes is declared int64 with the bounds the server enforces."""
+    from marshmallow import validate
+
+    from quaymirror import web
+
+    paths = served["paths"]
+    sync_run = paths["/api/v1/repository/{namespace}/{repository}/mirror/syncs/{run_id}"]
+    [run_id] = [p for p in sync_run["parameters"] if p["name"] == "run_id"]
+    assert run_id["schema"] == {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**63 - 1}
+    queried = 0
+    for item in paths.values():
+        for parameter in item.get("parameters", []):
+            if parameter["schema"]["type"] == "integer":
+                assert parameter["schema"]["format"] == "int64", parameter
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            for parameter in op.get("parameters", []):
+                schema = parameter["schema"]
+                if schema.get("type") == "integer":
+                    assert schema["format"] == "int64", (op["operationId"], parameter)
+                    assert -(2**63) <= schema["minimum"] <= schema["maximum"] <= 2**63 - 1, parameter
+    # The query parameters are the query schemas' fields, bounds included (no second, hand-written copy).
+    by_id = {op["operationId"]: op for item in paths.values() for m, op in item.items() if m != "parameters"}
+    for operation in OPERATIONS.values():
+        if operation.query is None:
+            continue
+        declared = {p["name"]: p for p in by_id[operation.operation_id]["parameters"]}
+        fields = operation.query().fields
+        assert set(declared) == {f.data_key or name for name, f in fields.items()}, operation.operation_id
+        for name, field in fields.items():
+            parameter = declared[field.data_key or name]
+            assert (parameter["in"], parameter["required"]) == ("query", False)
+            if isinstance(field, web.Int64):
+                [bounds] = [v for v in field.validators if isinstance(v, validate.Range)]
+                schema = parameter["schema"]
+                assert (schema["minimum"], schema["maximum"]) == (bounds.min, bounds.max), parameter
+                queried += 1
+    assert queried >= 4  # history's page and limit, health's limit and offset
+    health = {p["name"]: p["schema"] for p in by_id["getRepoMirrorHealth"]["parameters"]}
+    assert health["offset"] == {"type": "integer", "format": "int64", "default": 0, "minimum": -(2**63),
+                                "maximum": 2**63 - 1}
+    assert health["detailed"]["type"] == "boolean"

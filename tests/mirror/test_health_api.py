@@ -242,8 +242,13 @@ def test_limit_and_offset_are_clamped(hw, su_client):
     body = get(su_client, hw, detailed="true", limit=0).get_json()
     assert body["repositories"]["pagination"]["limit"] == 1
     assert get(su_client, hw, limit="many").status_code == 400
-    huge = get(su_client, hw, detailed="true", offset=10**30).get_json()["repositories"]["pagination"]
-    assert huge == {"limit": 100, "offset": 2**31 - 1, "has_more": False}
+    mirror(hw, "devtable/a", S.SUCCESS)
+    largest = get(su_client, hw, detailed="true", limit=2**63 - 1, offset=2**63 - 1).get_json()
+    assert (largest["repositories"]["details"], largest["repositories"]["pagination"]) == (
+        [], {"limit": 1000, "offset": 2**63 - 1, "has_more": False})
+    huge = get(su_client, hw, detailed="true", offset=10**30)  # no database integer holds it
+    assert (huge.status_code, huge.get_json()["detail"]) == (
+        400, "offset: must be between -9223372036854775808 and 9223372036854775807")
 
 
 def test_namespace_filters_the_counts(hw, su_client):
