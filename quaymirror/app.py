@@ -7,6 +7,7 @@ import logging
 from flask import Flask, Response, g, request
 from flask_restful import Api
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RequestRedirect
 
@@ -42,7 +43,7 @@ def _database_error(error: BaseException) -> Response | None:
     ):
         log.warning("database unavailable: %s", str(error).splitlines()[0] if str(error) else type(error).__name__)
         return errors.ServiceUnavailable().response()
-    if isinstance(error, sa_exc.IntegrityError):
+    if isinstance(error, sa_exc.IntegrityError | StaleDataError):
         # A concurrent request created the same thing between our check and our insert.
         log.info("integrity error: %s", str(error).splitlines()[0])
         return errors.InvalidRequest("The request conflicts with existing data").response()

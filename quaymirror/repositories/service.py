@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import select
+from sqlalchemy import delete as sql_delete
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from quaymirror import audit
@@ -94,17 +95,24 @@ def set_permission(session: Session, repository: Repository, user: User, role: s
         raise InvalidRequest(f"Invalid username: {user.username}")
     if user.is_robot and user.robot_namespace_id != repository.namespace_id:
         raise InvalidRequest("Cannot add robot permission for robot in a different namespace")
-    permission = permission_of(session, repository, user)
-    if permission is None:
-        permission = RepositoryPermission(repository_id=repository.id, user_id=user.id, role=role)
-        session.add(permission)
-    else:
-        permission.role = role
+    # One conditional UPDATE, then an INSERT when it matched no row: a DELETE of the same permission
+    # committed between a read and an ORM update would make that update fail (StaleDataError). Two
+    # concurrent INSERTs still collide on the unique constraint: the app answers that as a conflict.
+    changed = session.execute(
+        update(RepositoryPermission)
+        .where(RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id)
+        .values(role=role)
+        .execution_options(synchronize_session="fetch")
+    )
+    if changed.rowcount == 0:
+        session.add(RepositoryPermission(repository_id=repository.id, user_id=user.id, role=role))
     audit.record(session, "change_repo_permission", repository_id=repository.id,
                  performer_id=performer.id if performer else None,
                  repo=repository.name, namespace=repository.namespace.username,
                  username=user.username, role=role)
     session.flush()
+    permission = permission_of(session, repository, user)
+    assert permission is not None  # written just above, in this transaction
     return permission
 
 
@@ -116,11 +124,15 @@ def ensure_at_least(session: Session, repository: Repository, user: User, role: 
 
 
 def remove_permission(session: Session, repository: Repository, user: User) -> None:
-    permission = permission_of(session, repository, user)
-    if permission is None:
+    # One conditional DELETE: a concurrent DELETE of the same permission makes this one a 404, not an
+    # ORM delete of a row that is already gone (StaleDataError).
+    removed = session.execute(
+        sql_delete(RepositoryPermission)
+        .where(RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id)
+        .execution_options(synchronize_session="fetch")
+    )
+    if removed.rowcount == 0:
         raise NotFound()
-    session.delete(permission)
-    session.flush()
 
 
 def permissions(session: Session, repository: Repository) -> list[RepositoryPermission]:
