@@ -22,6 +22,8 @@ from tests.conftest import TEST_SECRET
 from tests.harness.images import push_images
 from tests.worker.helpers import GatedProxy, Mirrors, kill_skopeo, skopeo_processes, wait_for
 
+pytestmark = pytest.mark.integration  # real quaymirror processes
+
 S = RepoMirrorStatus
 
 
