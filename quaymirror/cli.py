@@ -45,10 +45,7 @@ def _database(settings: Settings) -> Iterator:
     """The database for one command, disposed of afterwards."""
     from quaymirror import db
 
-    if settings.is_sqlite:
-        # The embedded default needs no separate step: keep its schema current.
-        settings.instance_path.mkdir(parents=True, exist_ok=True)
-        db.upgrade(settings.database_url)
+    db.ensure_embedded_schema(settings)
     database = db.Database(settings.database_url)
     try:
         yield database
@@ -183,7 +180,8 @@ def cmd_serve(args, settings: Settings) -> None:
             raise CliError(f"{address} is in use (another process listens there); choose another --port") from None
         # create_server's message repeats the address; getaddrinfo's errors (a name that does not resolve)
         # have negative numbers
-        reason = os.strerror(error.errno) if (error.errno or 0) > 0 else (error.strerror or str(error))
+        code = error.errno or 0
+        reason = os.strerror(code) if code > 0 else (error.strerror or str(error))
         raise CliError(f"cannot listen on {address}: {reason}") from None
     server.serve(settings, listener, with_worker=not args.no_worker)
 

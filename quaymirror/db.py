@@ -21,6 +21,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import PoolProxiedConnection
 
+from quaymirror.settings import Settings
+
 # Stable constraint names so alembic migrations are identical on SQLite and PostgreSQL.
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -348,3 +350,17 @@ def downgrade(url: str, revision: str = "base") -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
+
+
+def ensure_embedded_schema(settings: Settings) -> bool:
+    """On the embedded default (SQLite), create the instance folder and bring the schema up to date.
+
+    Every command that opens the database calls this first, so the embedded default needs no separate
+    ``db upgrade`` step; a server database (PostgreSQL) is migrated only by ``quaymirror db upgrade``,
+    once per release, not by whichever process starts first. True when it migrated.
+    """
+    if not settings.is_sqlite:
+        return False
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    return True

@@ -145,9 +145,7 @@ def serve(settings: Settings, listener: socket.socket, with_worker: bool = True)
     """Run gunicorn on ``listener`` (from :func:`listen`), after bringing an embedded instance up to date."""
     from quaymirror import db
 
-    if settings.is_sqlite:
-        settings.instance_path.mkdir(parents=True, exist_ok=True)
-        db.upgrade(settings.database_url)
+    if db.ensure_embedded_schema(settings):
         token = bootstrap_admin(settings)
         token_file = settings.instance_path / "admin-token"
         if token:

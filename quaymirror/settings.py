@@ -12,9 +12,10 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from quaymirror.security.ssrf import NOTHING_ALLOWED, AllowList
 
@@ -25,70 +26,96 @@ class SettingsError(ValueError):
     """A setting has a value we cannot use; raised at start-up, never per request."""
 
 
-def _bool(name: str, raw: str | None, default: bool) -> bool:
-    if raw is None or raw.strip() == "":
-        return default
+Parse = Callable[[str, str], Any]  # (variable name, its raw value) -> the setting's value
+
+
+def _bool(name: str, raw: str) -> bool:
+    """true/false, 1/0, yes/no, on/off; blank gives the field's default (see :func:`_read`)."""
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
         return True
     if value in {"0", "false", "no", "off"}:
         return False
-    raise SettingsError(f"{PREFIX}{name} must be true or false, not {raw!r}")
+    raise SettingsError(f"{name} must be true or false, not {raw!r}")
 
 
-def _number(name: str, raw: str | None, default: float, kind: type = int, minimum: float = 0,
-            maximum: float | None = None) -> float:
-    """A number setting: unset gives ``default``; set, it must be a number in range.
+def _number(kind: type, minimum: float, maximum: float | None = None) -> Parse:
+    """A number in ``[minimum, maximum]``.
 
     A value that is set but blank is refused rather than taken as the default (or as 0): it is
     almost always a templating mistake, and running with a number nobody chose is worse.
     """
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(f"{PREFIX}{name} must be a number, not {raw!r}") from None
-    if not math.isfinite(value):
-        raise SettingsError(f"{PREFIX}{name} must be a number, not {raw!r}")
-    if value < minimum:
-        raise SettingsError(f"{PREFIX}{name} must be at least {minimum}, not {raw!r}")
-    if maximum is not None and value > maximum:
-        raise SettingsError(f"{PREFIX}{name} must be at most {maximum}, not {raw!r}")
-    return value
+
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+        if not math.isfinite(value):
+            raise SettingsError(f"{name} must be a number, not {raw!r}")
+        if value < minimum:
+            raise SettingsError(f"{name} must be at least {minimum}, not {raw!r}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{name} must be at most {maximum}, not {raw!r}")
+        return value
+
+    return parse
 
 
-def _optional_number(name: str, raw: str | None, kind: type, minimum: float) -> float | None:
-    """A number setting whose default is "none": unset leaves it so; set, as :func:`_number`."""
-    if raw is None:
-        return None
-    return _number(name, raw, minimum, kind, minimum)
+def _text(name: str, raw: str) -> str | None:
+    """Free text; blank gives the field's default (see :func:`_read`)."""
+    return raw
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-def _log_level(raw: str | None) -> str:
-    if raw is None:
-        return "INFO"
+def _log_level(name: str, raw: str) -> str:
     level = raw.strip().upper()
     if level not in LOG_LEVELS:
-        raise SettingsError(f"{PREFIX}LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
+        raise SettingsError(f"{name} must be one of {', '.join(LOG_LEVELS)}, not {raw!r}")
     return level
 
 
-def check_storage(storage: str) -> str:
-    """``storage`` when it names a destination the worker can write to, else SettingsError.
+@dataclass(frozen=True)
+class OciStorage:
+    """The embedded default: one OCI image layout per repository, ``<path>/<namespace>/<name>``."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"oci:{self.path}"
+
+
+@dataclass(frozen=True)
+class RegistryStorage:
+    """A registry the worker pushes to: ``<host>/<namespace>/<name>:<tag>``."""
+
+    host: str
+
+    def __str__(self) -> str:
+        return f"docker://{self.host}"
+
+
+Storage = OciStorage | RegistryStorage
+
+
+def parse_storage(text: str) -> Storage:
+    """``QUAYMIRROR_STORAGE`` as the destination it names, else SettingsError.
 
     Checked when the settings are read, so ``serve`` refuses a bad destination at start instead of in
     its gunicorn worker, where the embedded mirror worker is built.
     """
-    if storage.startswith("oci:") and len(storage) > 4 and ":" not in storage[4:]:
-        return storage
-    if storage.startswith("docker://") and storage[9:].strip("/") and "/" not in storage[9:].strip("/"):
-        return storage
+    if text.startswith("oci:") and len(text) > 4 and ":" not in text[4:]:
+        return OciStorage(Path(text[4:]))
+    if text.startswith("docker://") and text[9:].strip("/") and "/" not in text[9:].strip("/"):
+        return RegistryStorage(text[9:].strip("/"))
     raise SettingsError(f"{PREFIX}STORAGE must be oci:<dir> (no ':' in it) or docker://<host[:port]>, "
-                        f"not {storage!r}")
+                        f"not {text!r}")
+
+
+def _storage(name: str, raw: str) -> Storage:
+    return parse_storage(raw)
 
 
 def _list(raw: str | None) -> tuple[str, ...]:
@@ -97,12 +124,20 @@ def _list(raw: str | None) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
-def _allow_list(raw: str | None) -> AllowList:
+def _allow_list(name: str, raw: str) -> AllowList:
     """The SSRF allow list; a bad entry stops the start (a typo would otherwise allow nothing, silently)."""
     try:
         return AllowList(_list(raw))
     except ValueError as error:
-        raise SettingsError(f"{PREFIX}SSRF_ALLOWED_HOSTS: {error}") from None
+        raise SettingsError(f"{name}: {error}") from None
+
+
+def env(parse: Parse, *, variable: str | None = None, blank_is_default: bool = False) -> dict[str, Any]:
+    """A field's metadata: read from ``QUAYMIRROR_<VARIABLE>`` (default: the field's name) with ``parse``.
+
+    ``blank_is_default``: an empty value means "not set" (text, booleans, lists), rather than an error.
+    """
+    return {"env": (parse, variable, blank_is_default)}
 
 
 def _secret_key(instance_path: Path) -> str:
@@ -147,54 +182,71 @@ def database_url_from_env(env: Mapping[str, str] | None = None) -> str:
     return env.get(PREFIX + "DATABASE_URL") or f"sqlite:///{instance_path_from_env(env) / 'quaymirror.db'}"
 
 
+# Stands for "QUAYMIRROR_STORAGE not given": an OCI layout in the instance folder (see Settings.__post_init__).
+_DEFAULT_STORAGE = OciStorage(Path())
+
+
 @dataclass(frozen=True)
 class Settings:
+    """Every setting with its one default; ``metadata=env(...)`` says how ``from_env`` reads it."""
+
     instance_path: Path
     database_url: str
-    secret_key: str
-    ssrf_allowed_hosts: AllowList = NOTHING_ALLOWED
-    superusers_full_access: bool = False
-    feature_sparse_index: bool = False
-    storage: str = ""
-    storage_username: str | None = None
-    storage_password: str | None = field(default=None, repr=False)
-    storage_tls_verify: bool = True
-    worker_poll_seconds: float = 10.0
-    worker_concurrency: int = 2
-    tag_concurrency: int = 8
-    lease_seconds: int = 600
+    secret_key: str = field(repr=False)
+    ssrf_allowed_hosts: AllowList = field(default=NOTHING_ALLOWED, metadata=env(_allow_list, blank_is_default=True))
+    superusers_full_access: bool = field(default=False, metadata=env(_bool, blank_is_default=True))
+    feature_sparse_index: bool = field(default=False, metadata=env(_bool, blank_is_default=True))
+    # Where mirrored images go; unset: OCI layouts in <instance>/storage.
+    storage: Storage = field(default=_DEFAULT_STORAGE, metadata=env(_storage, blank_is_default=True))
+    storage_username: str | None = field(default=None, metadata=env(_text, blank_is_default=True))
+    storage_password: str | None = field(default=None, repr=False, metadata=env(_text, blank_is_default=True))
+    storage_tls_verify: bool = field(default=True, metadata=env(_bool, blank_is_default=True))
+    worker_poll_seconds: float = field(default=10.0, metadata=env(_number(float, 0.05)))
+    worker_concurrency: int = field(default=2, metadata=env(_number(int, 1)))
+    tag_concurrency: int = field(default=8, metadata=env(_number(int, 1)))
+    lease_seconds: int = field(default=600, metadata=env(_number(int, 1)))
     # Each worker renews its heartbeat row this often; the row is stale after heartbeat.STALE_BEATS of these.
-    heartbeat_seconds: float = 5.0
+    heartbeat_seconds: float = field(default=5.0, metadata=env(_number(float, 0.1)))
     # A failed mirror is retried no sooner than this (Quay: at the next 30 s pass).
-    retry_seconds: float = 30.0
-    skopeo_path: str = "skopeo"
+    retry_seconds: float = field(default=30.0, metadata=env(_number(float, 0)))
+    skopeo_path: str = field(default="skopeo", metadata=env(_text, variable="SKOPEO", blank_is_default=True))
     # Upper bound (seconds) on every skopeo command, below each mirror's skopeo_timeout_interval.
-    skopeo_timeout_max: float | None = None
+    skopeo_timeout_max: float | None = field(default=None, metadata=env(_number(float, 0.1)))
     # Sync runs kept per repository in the history tables.
-    history_keep: int = 50
-    api_workers: int = 2
+    history_keep: int = field(default=50, metadata=env(_number(int, 1)))
+    api_workers: int = field(default=2, metadata=env(_number(int, 1)))
     # Threads per gunicorn process: 1-3 gave the best throughput and p99 under 32 keep-alive clients on
     # 2 cores, 4-8 queue requests behind the GIL (benchmarks/api); 2 keeps one slow request (DNS) from
     # holding a process.
-    api_threads: int = 2
+    api_threads: int = field(default=2, metadata=env(_number(int, 1)))
     # ``quaymirror worker`` serves Prometheus /metrics here (0: not at all).
-    metrics_port: int = 9108
-    metrics_host: str = "127.0.0.1"
+    metrics_port: int = field(default=9108, metadata=env(_number(int, 0, 65535)))
+    metrics_host: str = field(default="127.0.0.1", metadata=env(_text, blank_is_default=True))
     # Quay's REPO_MIRROR_WORKER_REPLICAS: the worker processes deployed (None: not said). The mirror
     # health is degraded while fewer report in.
-    worker_replicas: int | None = None
+    worker_replicas: int | None = field(default=None, metadata=env(_number(int, 1)))
     max_content_length: int = 1024 * 1024
-    # GET /mirror answers from a per-process cache while the database is unchanged (db.ReadCache).
-    read_cache: bool = True
+    # GET /mirror answers from a per-process cache while the database is unchanged (quaymirror.readcache).
+    read_cache: bool = field(default=True, metadata=env(_bool, blank_is_default=True))
     # The level of the long-running commands' logs (serve, worker): one of LOG_LEVELS.
-    log_level: str = "INFO"
+    log_level: str = field(default="INFO", metadata=env(_log_level))
+
+    def __post_init__(self) -> None:
+        # Callers (tests, benchmarks) may give the textual forms; the settings always hold the parsed ones.
+        storage: object = self.storage
+        if isinstance(storage, str):
+            object.__setattr__(self, "storage", parse_storage(storage))
+        elif storage is _DEFAULT_STORAGE:
+            object.__setattr__(self, "storage", OciStorage(self.instance_path / "storage"))
+        if not isinstance(self.ssrf_allowed_hosts, AllowList):
+            object.__setattr__(self, "ssrf_allowed_hosts", AllowList(tuple(self.ssrf_allowed_hosts)))
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
     def with_overrides(self, **changes: object) -> Settings:
-        return replace(self, **changes)
+        return replace(self, **changes)  # type: ignore[arg-type]  # field names are checked by replace()
 
     def with_skopeo_resolved(self) -> Settings:
         """These settings with ``skopeo_path`` as the absolute path of the executable it names.
@@ -210,42 +262,22 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Every ``QUAYMIRROR_*`` variable that is set, parsed by its field's ``env`` metadata; the rest keep
+        their defaults. A bad value raises SettingsError naming the variable and the value."""
         env = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            return env.get(PREFIX + name)
-
         instance_path = instance_path_from_env(env)
-        database_url = database_url_from_env(env)
-        storage = check_storage(get("STORAGE") or f"oci:{instance_path / 'storage'}")
-        secret_key = get("SECRET_KEY") or ""  # else generated below, once every other setting is good
-        settings = cls(
-            instance_path=instance_path,
-            database_url=database_url,
-            secret_key=secret_key,
-            ssrf_allowed_hosts=_allow_list(get("SSRF_ALLOWED_HOSTS")),
-            superusers_full_access=_bool("SUPERUSERS_FULL_ACCESS", get("SUPERUSERS_FULL_ACCESS"), False),
-            feature_sparse_index=_bool("FEATURE_SPARSE_INDEX", get("FEATURE_SPARSE_INDEX"), False),
-            storage=storage,
-            storage_username=get("STORAGE_USERNAME") or None,
-            storage_password=get("STORAGE_PASSWORD") or None,
-            storage_tls_verify=_bool("STORAGE_TLS_VERIFY", get("STORAGE_TLS_VERIFY"), True),
-            read_cache=_bool("READ_CACHE", get("READ_CACHE"), True),
-            worker_poll_seconds=_number("WORKER_POLL_SECONDS", get("WORKER_POLL_SECONDS"), 10.0, float, 0.05),
-            worker_concurrency=int(_number("WORKER_CONCURRENCY", get("WORKER_CONCURRENCY"), 2, int, 1)),
-            tag_concurrency=int(_number("TAG_CONCURRENCY", get("TAG_CONCURRENCY"), 8, int, 1)),
-            lease_seconds=int(_number("LEASE_SECONDS", get("LEASE_SECONDS"), 600, int, 1)),
-            heartbeat_seconds=_number("HEARTBEAT_SECONDS", get("HEARTBEAT_SECONDS"), 5.0, float, 0.1),
-            retry_seconds=_number("RETRY_SECONDS", get("RETRY_SECONDS"), 30.0, float, 0),
-            skopeo_path=get("SKOPEO") or "skopeo",
-            skopeo_timeout_max=_optional_number("SKOPEO_TIMEOUT_MAX", get("SKOPEO_TIMEOUT_MAX"), float, 0.1),
-            history_keep=int(_number("HISTORY_KEEP", get("HISTORY_KEEP"), 50, int, 1)),
-            api_workers=int(_number("API_WORKERS", get("API_WORKERS"), 2, int, 1)),
-            api_threads=int(_number("API_THREADS", get("API_THREADS"), 2, int, 1)),
-            metrics_port=int(_number("METRICS_PORT", get("METRICS_PORT"), 9108, int, 0, 65535)),
-            metrics_host=get("METRICS_HOST") or "127.0.0.1",
-            worker_replicas=_optional_number("WORKER_REPLICAS", get("WORKER_REPLICAS"), int, 1),
-            log_level=_log_level(get("LOG_LEVEL")),
-        )
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            if "env" not in item.metadata:
+                continue
+            parse, variable, blank_is_default = item.metadata["env"]
+            name = PREFIX + (variable or item.name.upper())
+            raw = env.get(name)
+            if raw is None or (blank_is_default and raw.strip() == ""):
+                continue
+            values[item.name] = parse(name, raw)
+        secret_key = env.get(PREFIX + "SECRET_KEY") or ""  # else generated below, once every setting is good
+        settings = cls(instance_path=instance_path, database_url=database_url_from_env(env),
+                       secret_key=secret_key, **values)
         # Last: a process refused for a bad setting has generated no key (nor its instance folder).
         return settings if secret_key else replace(settings, secret_key=_secret_key(instance_path))

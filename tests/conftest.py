@@ -76,6 +76,32 @@ def sqlite_template(tmp_path_factory) -> Path:
     return path
 
 
+# Fixtures that need something outside this Python process: a PostgreSQL server, docker-registry, skopeo,
+# or a quaymirror server process. A test that uses one, runs on the PostgreSQL backend, or is marked
+# ``integration`` by its module (tests that start processes themselves) is an integration test; every other
+# one is a unit test: ``pytest -m unit`` runs those alone, on a machine with none of these (CI shows it).
+OUTSIDE_FIXTURES = frozenset({
+    "postgres_url", "pg_database", "pg_settings",
+    "registry", "tls_registry", "auth_registry", "counting_skopeo", "make_worker", "workers", "live_server",
+    "process_env",
+})
+# Whole directories of such tests: the end-to-end tests (real servers) and the registry harness's own.
+OUTSIDE_DIRECTORIES = ("e2e", "harness")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("backend") == "postgresql"
+        directory = item.path.relative_to(root).parts[0]
+        if (on_postgres or directory in OUTSIDE_DIRECTORIES or OUTSIDE_FIXTURES & set(item.fixturenames)
+                or item.get_closest_marker("integration")):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 _ENGINES: dict[str, object] = {}
 
 

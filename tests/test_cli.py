@@ -458,9 +458,18 @@ def test_embedded_default_migrates_itself(run, monkeypatch, tmp_path, env):
 
 # --- serve and worker: the wiring (the real processes are in test_server.py and below) --------
 
-def test_serve_passes_its_options(run, monkeypatch):
-    import shutil
+@pytest.fixture
+def fake_skopeo(tmp_path, monkeypatch) -> str:
+    """An executable named skopeo first on PATH: the wiring tests need one to resolve, not to run."""
+    program = tmp_path / "bin" / "skopeo"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{program.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    return str(program)
 
+
+def test_serve_passes_its_options(run, monkeypatch, fake_skopeo):
     import quaymirror.server
 
     listened, calls = [], []
@@ -471,19 +480,17 @@ def test_serve_passes_its_options(run, monkeypatch):
     assert calls[0][0].skopeo_path == "skopeo"  # the API alone needs no skopeo
     ok(run("serve"))
     assert (listened[1], calls[1][1]) == (("127.0.0.1", 8080), {"with_worker": True})
-    assert calls[1][0].skopeo_path == shutil.which("skopeo")
+    assert calls[1][0].skopeo_path == fake_skopeo
 
 
-def test_worker_runs_the_worker(run, monkeypatch, env):
-    import shutil
-
+def test_worker_runs_the_worker(run, monkeypatch, env, fake_skopeo):
     import quaymirror.server
 
     calls = []
     monkeypatch.setattr(quaymirror.server, "run_worker", lambda settings: calls.append(settings))
     assert ok(run("worker")) == ""
     assert calls[0].database_url == env["QUAYMIRROR_DATABASE_URL"]
-    assert calls[0].skopeo_path == shutil.which("skopeo")
+    assert calls[0].skopeo_path == fake_skopeo
 
 
 # --- real processes ---------------------------------------------------------------------------

@@ -92,6 +92,7 @@ def test_worker_metrics_port_zero_serves_nothing(port):
     assert metrics.serve(port) is False
 
 
+@pytest.mark.integration  # a real `quaymirror worker` process
 def test_worker_process_serves_metrics(tmp_path):
     from tests.harness.registry import free_port
 

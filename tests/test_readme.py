@@ -41,7 +41,7 @@ import pytest
 from tests.e2e.servers import free_port, request
 from tests.harness.fixtures import require_tools
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # real `quaymirror serve` processes
+
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 

@@ -5,11 +5,21 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from quaymirror.settings import Settings, SettingsError, database_url_from_env, instance_path_from_env
+from quaymirror.security.ssrf import AllowList
+from quaymirror.settings import (
+    PREFIX,
+    OciStorage,
+    RegistryStorage,
+    Settings,
+    SettingsError,
+    database_url_from_env,
+    instance_path_from_env,
+)
 
 
 def test_embedded_default(tmp_path, monkeypatch):
@@ -18,7 +28,7 @@ def test_embedded_default(tmp_path, monkeypatch):
     assert settings.instance_path == tmp_path / "instance"
     assert settings.database_url == f"sqlite:///{tmp_path / 'instance' / 'quaymirror.db'}"
     assert settings.is_sqlite
-    assert settings.storage == f"oci:{tmp_path / 'instance' / 'storage'}"
+    assert settings.storage == OciStorage(tmp_path / 'instance' / 'storage')
     assert settings.ssrf_allowed_hosts == ()
     assert settings.superusers_full_access is False
     assert settings.max_content_length == 1024 * 1024
@@ -197,7 +207,7 @@ def test_numbers_in_range_are_read(tmp_path):
     settings = Settings.from_env(_env(tmp_path, SKOPEO_TIMEOUT_MAX=" 2.5 ", METRICS_PORT="65535",
                                       TAG_CONCURRENCY="3", STORAGE="docker://127.0.0.1:5000"))
     assert (settings.skopeo_timeout_max, settings.metrics_port, settings.tag_concurrency) == (2.5, 65535, 3)
-    assert settings.storage == "docker://127.0.0.1:5000"
+    assert settings.storage == RegistryStorage("127.0.0.1:5000") and str(settings.storage) == "docker://127.0.0.1:5000"
     assert Settings.from_env(_env(tmp_path)).skopeo_timeout_max is None
 
 
@@ -223,3 +233,25 @@ def test_skopeo_that_is_not_an_executable_is_refused(tmp_path, monkeypatch):
             settings.with_overrides(skopeo_path=path).with_skopeo_resolved()
         assert str(refused.value) == (f"QUAYMIRROR_SKOPEO must be an executable (a path, or a name on PATH), "
                                       f"not {path!r}")
+
+
+def test_every_setting_read_from_the_environment_is_in_the_readme_table():
+    """One definition per setting (the dataclass field and its ``env`` metadata); the README documents each."""
+    table = {line.split("|")[1].strip() for line in Path("README.md").read_text().splitlines()
+             if line.startswith("| `QUAYMIRROR_")}
+    documented = {name.strip("`") for row in table for name in row.split(", ")}
+    variables = {PREFIX + (item.metadata["env"][1] or item.name.upper())
+                 for item in fields(Settings) if "env" in item.metadata}
+    assert variables - documented == set()
+
+
+def test_textual_forms_given_to_the_constructor_are_parsed(tmp_path):
+    """Tests and benchmarks build Settings by hand: a storage string and a tuple allow list still end up typed."""
+    settings = Settings(instance_path=tmp_path, database_url="sqlite://", secret_key="k",
+                        storage=f"oci:{tmp_path}/s", ssrf_allowed_hosts=("127.0.0.1/32",))
+    assert settings.storage == OciStorage(tmp_path / "s")
+    assert isinstance(settings.ssrf_allowed_hosts, AllowList) and tuple(settings.ssrf_allowed_hosts) == ("127.0.0.1/32",)
+    assert Settings(instance_path=tmp_path, database_url="sqlite://", secret_key="k").storage == \
+        OciStorage(tmp_path / "storage")
+    with pytest.raises(SettingsError):
+        Settings(instance_path=tmp_path, database_url="sqlite://", secret_key="k", storage="s3://bucket")

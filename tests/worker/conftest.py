@@ -23,8 +23,10 @@ from tests.worker.helpers import Mirrors, kill_skopeo
 
 
 @pytest.fixture(autouse=True)
-def _tools() -> None:
-    require_tools("skopeo", "docker-registry")
+def _tools(request) -> None:
+    """The worker's integration tests need skopeo and docker-registry; its unit tests need neither."""
+    if request.node.get_closest_marker("integration"):
+        require_tools("skopeo", "docker-registry")
 
 
 @pytest.fixture

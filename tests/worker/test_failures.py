@@ -127,7 +127,7 @@ def test_authfile_is_private_while_skopeo_runs(auth_registry, database, mirrors,
         proxy.stop()
     [run] = mirrors.runs(config_id)
     assert run.status == "SUCCESS", run.message
-    storage = Path(worker.settings.storage[4:])
+    storage = worker.settings.storage.path
     index = json.loads((storage / "org/private/index.json").read_text())
     assert [m["digest"] for m in index["manifests"]] == [digests["v1"]]
     assert modes and set(modes) == {(0o600, 0o700)}
@@ -244,7 +244,7 @@ def test_cancel_during_a_copy_stops_within_two_seconds(registry, database, mirro
             row.sync_expiration_date) == (RepoMirrorStatus.CANCEL, 0, None, None)
     run = mirrors.runs(config_id)[-1]
     assert (run.status, run.reason) == ("CANCEL", "cancelled")
-    storage = Path(worker.settings.storage[4:])
+    storage = worker.settings.storage.path
     index = json.loads((storage / "org/big/index.json").read_text())
     tags = {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in index["manifests"]}
     assert tags == {"a": digests["a"], "b": digests["b"]}  # old "a" intact, "b" not pruned after a cancel

@@ -41,6 +41,7 @@ def rows(database) -> list[RepoMirrorWorker]:
         return list(session.scalars(select(RepoMirrorWorker).order_by(RepoMirrorWorker.pid)))
 
 
+@pytest.mark.integration  # real `quaymirror worker` processes
 def test_active_counts_live_worker_processes_sigterm_at_once_sigkill_once_stale(world, settings, database,
                                                                                tmp_path):
     token = world.token("super", "devtable", "super:user")

@@ -22,6 +22,8 @@ from tests.conftest import TEST_SECRET
 from tests.harness.images import push_images
 from tests.worker.helpers import GatedProxy, Mirrors, kill_skopeo, skopeo_processes, wait_for
 
+pytestmark = pytest.mark.integration  # real quaymirror processes
+
 S = RepoMirrorStatus
 
 
@@ -31,7 +33,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "QUAYMIRROR_INSTANCE_PATH": str(settings.instance_path),
         "QUAYMIRROR_DATABASE_URL": settings.database_url,
         "QUAYMIRROR_SECRET_KEY": settings.secret_key,
-        "QUAYMIRROR_STORAGE": settings.storage,
+        "QUAYMIRROR_STORAGE": str(settings.storage),
         "QUAYMIRROR_SSRF_ALLOWED_HOSTS": ",".join(settings.ssrf_allowed_hosts),
         "QUAYMIRROR_WORKER_POLL_SECONDS": str(settings.worker_poll_seconds),
         "QUAYMIRROR_LEASE_SECONDS": str(settings.lease_seconds),
@@ -64,7 +66,7 @@ def spawn(tmp_path):
 
 
 def _layout_tags(settings: Settings, repo: str) -> dict[str, str]:
-    index = Path(settings.storage[4:]) / repo / "index.json"
+    index = settings.storage.path / repo / "index.json"
     doc = json.loads(index.read_text())
     return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in doc["manifests"]}
 

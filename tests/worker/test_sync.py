@@ -64,7 +64,7 @@ class Dest:
 @pytest.fixture(params=["oci", "docker"])
 def dest(request, wsettings, tmp_path) -> Dest:
     if request.param == "oci":
-        return Dest("oci", root=Path(wsettings.storage[len("oci:"):]))
+        return Dest("oci", root=wsettings.storage.path)
     reg = request.getfixturevalue("auth_registry")
     return Dest("docker", registry=reg)
 

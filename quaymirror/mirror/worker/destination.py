@@ -39,7 +39,7 @@ from quaymirror.mirror.worker import reasons
 from quaymirror.mirror.worker.registry_client import INDEX_TYPES, RegistryClient, RegistryError
 from quaymirror.mirror.worker.skopeo import RunFiles, Skopeo
 from quaymirror.security.outbound import OutboundRefused
-from quaymirror.settings import Settings
+from quaymirror.settings import OciStorage, Settings
 
 log = logging.getLogger(__name__)
 
@@ -413,18 +413,11 @@ Repository = OciRepository | RegistryRepository
 
 
 def open_repository(settings: Settings, namespace: str, name: str, files: RunFiles, skopeo: Skopeo) -> Repository:
+    """The destination repository ``namespace/name`` in the storage the settings name (parsed once, there)."""
     storage = settings.storage
-    if storage.startswith("oci:"):
-        base = storage[len("oci:"):]
-        if not base:
-            raise DestinationError("QUAYMIRROR_STORAGE oci: needs a directory")
-        return OciRepository(Path(base), namespace, name, files, skopeo)
-    if storage.startswith("docker://"):
-        host = storage[len("docker://"):].strip("/")
-        if not host or "/" in host:
-            raise DestinationError("QUAYMIRROR_STORAGE docker:// needs host[:port] and nothing else")
-        return RegistryRepository(settings, host, namespace, name, files, skopeo)
-    raise DestinationError(f"unsupported QUAYMIRROR_STORAGE {storage!r}")
+    if isinstance(storage, OciStorage):
+        return OciRepository(storage.path, namespace, name, files, skopeo)
+    return RegistryRepository(settings, storage.host, namespace, name, files, skopeo)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

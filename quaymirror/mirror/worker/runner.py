@@ -410,9 +410,7 @@ def run_forever(settings: Settings) -> None:
     """``quaymirror worker``: run until SIGTERM/SIGINT, then give the claims back and exit."""
     from quaymirror import db
 
-    if settings.is_sqlite:
-        settings.instance_path.mkdir(parents=True, exist_ok=True)
-        db.upgrade(settings.database_url)
+    db.ensure_embedded_schema(settings)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame) -> None:
