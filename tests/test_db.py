@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from quaymirror import db as dbmod
 from quaymirror.accounts.models import User
-from quaymirror.readcache import Prepared
+from quaymirror.readcache import Kept, Prepared
 
 ROBOT = User.__table__.alias("robot")
 # Typed columns (booleans and datetimes need the dialect's processors on SQLite), a literal '%' (the
@@ -69,6 +69,25 @@ def test_rows_read_as_from_sqlalchemy_again_and_on_every_connection(people):
     finally:
         first.close()
         second.close()
+
+
+def test_a_row_type_that_is_not_the_statements_labels_is_refused_at_once():
+    """At import of the module that builds it, not at the first request that reads a misnamed value."""
+    swapped = NamedTuple("Swapped", [(name, object) for name in ("name", "id", *Person._fields[2:])])
+    with pytest.raises(ValueError, match="Swapped has the fields"):
+        Prepared("quaymirror_test_swapped", STATEMENT, swapped)
+    with pytest.raises(ValueError, match="selects"):
+        Prepared("quaymirror_test_short", STATEMENT, NamedTuple("Short", [("id", int)]))
+
+
+def test_a_kept_row_derives_its_value_once_even_none():
+    made: list[Person] = []
+    row = Person(1, "owner", False, datetime(2026, 1, 1), "100%", None)
+    for value in ("OWNER", None):
+        kept = Kept(row, version="v1")
+        answers = [kept.derive(lambda r, value=value: made.append(r) or value) for _ in range(3)]
+        assert answers == [value] * 3
+    assert made == [row, row]  # one computation per kept row
 
 
 def test_a_connection_the_server_dropped_fails_as_sqlalchemy_and_the_pool_recovers(postgres_url):
