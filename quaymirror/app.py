@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from flask_restful import Api
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm.exc import StaleDataError
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     app.extensions["quaymirror.db"] = db
     app.extensions["quaymirror.secrets"] = SecretBox(settings.secret_key)
     app.extensions["quaymirror.protector"] = make_protector(web.session)
+    web.init_app(app)
 
     # Before any route: a rule binds its converters when it is added.
     app.url_map.converters["id"] = web.IdConverter
@@ -143,16 +144,6 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
         if request.path.startswith("/api/"):
             response.headers.extend(CORS_HEADERS)  # no response sets them before; update() scans per key
         return response
-
-    @app.teardown_appcontext
-    def _close_session(_exc) -> None:
-        for key in ("db_session", "db_read"):
-            opened = g.pop(key, None)
-            if opened is not None:
-                try:
-                    opened.close()
-                except sa_exc.SQLAlchemyError:  # the connection died with the database; nothing to release
-                    log.debug("closing a %s whose connection is gone", key, exc_info=True)
 
     @app.get("/healthz")
     def healthz():

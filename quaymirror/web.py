@@ -1,24 +1,29 @@
-"""Request plumbing shared by every domain's resources: the session, the caller, the body, the query string
-and the integers of paths."""
+"""Request plumbing shared by every domain's resources: the session and the read connection (both closed at
+teardown, see ``init_app``), the caller, the body, the query string and the integers of paths."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, overload
 
-from flask import current_app, g, request
+from authlib.integrations.flask_oauth2 import ResourceProtector
+from flask import Flask, current_app, g, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, validate
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import PoolProxiedConnection
 from werkzeug.routing import IntegerConverter, Map
 
-from quaymirror import metrics
-from quaymirror.auth.models import AccessToken
 from quaymirror.auth.tokens import Caller, current_caller
-from quaymirror.db import Database, Prepared, raw_connection
+from quaymirror.db import Database
 from quaymirror.errors import InvalidRequest
+from quaymirror.readcache import Kept, Prepared, R, raw_connection
+from quaymirror.security.secrets import SecretBox
 from quaymirror.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def settings() -> Settings:
@@ -29,6 +34,14 @@ def database() -> Database:
     return current_app.extensions["quaymirror.db"]
 
 
+def secret_box() -> SecretBox:
+    return current_app.extensions["quaymirror.secrets"]
+
+
+def protector() -> ResourceProtector:
+    return current_app.extensions["quaymirror.protector"]
+
+
 def session() -> Session:
     """The request's session, opened on first use and closed at teardown."""
     if "db_session" not in g:
@@ -37,37 +50,55 @@ def session() -> Session:
     return g.db_session
 
 
-def read_first(statement: Prepared, params: dict[str, Any]) -> tuple | None:
-    """The first row of a hot read, on a DBAPI connection of the read pool held until teardown; from the
-    process's read cache (``db.ReadCache``) while the database's version is the one it was read at.
+def _read_connection() -> PoolProxiedConnection:
+    """The request's DBAPI connection of the read pool, opened on first use and closed at teardown."""
+    if "db_read" not in g:
+        g.db_read = raw_connection(database().read_engine)
+    return g.db_read
+
+
+def read_first(statement: Prepared[R], params: dict[str, Any]) -> Kept[R] | None:
+    """The first row of a hot read, on the request's read connection; from the process's read cache
+    (``readcache.ReadCache``) while the database's version is the one it was read at, when the cache is on.
 
     SQLAlchemy's session, and even its Connection, cost a GET more than its read.
     """
     db = database()
-
-    def connection() -> PoolProxiedConnection:
-        if "db_read" not in g:
-            g.db_read = raw_connection(db.read_engine)
-        return g.db_read
-
     cache = db.read_cache if settings().read_cache else None
-    if cache is None:
-        return statement.first(db.read_engine, connection(), params)
-    key = (statement.name, *params.items())
-    version = cache.version(db.read_engine, connection)
-    row = cache.get(key, version)
-    if row is not None:
-        metrics.READ_CACHE_HIT.inc()
-        return row
-    metrics.READ_CACHE_MISS.inc()
-    row = statement.first(db.read_engine, connection(), params)
-    if row is not None:
-        cache.put(key, version, row)
-    return row
+    if cache is not None:
+        return cache.read(statement, db.read_engine, _read_connection, params)
+    row = statement.first(db.read_engine, _read_connection(), params)
+    return Kept(row) if row is not None else None
 
 
-def caller(required: bool = True, found: AccessToken | None | bool = False) -> Caller | None:
-    return current_caller(current_app.extensions["quaymirror.protector"], required=required, found=found)
+def _close(_exc: BaseException | None) -> None:
+    """Give back what :func:`session` and :func:`_read_connection` opened for the request."""
+    for key in ("db_session", "db_read"):
+        opened = g.pop(key, None)
+        if opened is not None:
+            try:
+                opened.close()
+            except SQLAlchemyError:  # the connection died with the database; nothing to release
+                log.debug("closing a %s whose connection is gone", key, exc_info=True)
+
+
+def init_app(app: Flask) -> None:
+    """What the request plumbing needs of the app: closing, at teardown, what it opened."""
+    app.teardown_appcontext(_close)
+
+
+@overload
+def caller(required: Literal[True] = ...) -> Caller: ...
+
+
+@overload
+def caller(required: bool) -> Caller | None: ...
+
+
+def caller(required: bool = True) -> Caller | None:
+    """The request's caller, its token looked up in the request's session (401 when required and anonymous).
+    A hot read that joined the token reads its caller with ``tokens.caller_from_values`` instead."""
+    return current_caller(protector(), required=required)
 
 
 def client_ip() -> str | None:

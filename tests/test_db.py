@@ -1,9 +1,10 @@
-"""db.Prepared: the hot read run on the DBAPI connection reads exactly as SQLAlchemy would, and fails as it would."""
+"""readcache.Prepared: the hot read run on the DBAPI connection reads exactly as SQLAlchemy would, and fails as it would."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from typing import NamedTuple
 
 import pytest
 from sqlalchemy import and_, bindparam, literal_column, select, text
@@ -11,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from quaymirror import db as dbmod
 from quaymirror.accounts.models import User
-from quaymirror.db import Prepared
+from quaymirror.readcache import Kept, Prepared
 
 ROBOT = User.__table__.alias("robot")
 # Typed columns (booleans and datetimes need the dialect's processors on SQLite), a literal '%' (the
@@ -23,6 +24,16 @@ STATEMENT = (
     .where(User.username.like("%er%"), User.username != bindparam("pattern"), User.username == bindparam("name"))
     .limit(1)
 )
+
+
+
+class Person(NamedTuple):
+    id: int
+    name: str
+    robot: bool
+    created: datetime
+    percent: str
+    robot_name: str | None
 
 
 @pytest.fixture
@@ -42,7 +53,7 @@ def _expected(database: dbmod.Database, params: dict) -> dict | None:
 
 
 def test_rows_read_as_from_sqlalchemy_again_and_on_every_connection(people):
-    prepared = Prepared("quaymirror_test_people", STATEMENT)
+    prepared = Prepared("quaymirror_test_people", STATEMENT, Person)
     engine = people.read_engine
     params = {"name": "owner", "pattern": "owner+%"}
     expected = _expected(people, params)
@@ -60,10 +71,29 @@ def test_rows_read_as_from_sqlalchemy_again_and_on_every_connection(people):
         second.close()
 
 
+def test_a_row_type_that_is_not_the_statements_labels_is_refused_at_once():
+    """At import of the module that builds it, not at the first request that reads a misnamed value."""
+    swapped = NamedTuple("Swapped", [(name, object) for name in ("name", "id", *Person._fields[2:])])
+    with pytest.raises(ValueError, match="Swapped has the fields"):
+        Prepared("quaymirror_test_swapped", STATEMENT, swapped)
+    with pytest.raises(ValueError, match="selects"):
+        Prepared("quaymirror_test_short", STATEMENT, NamedTuple("Short", [("id", int)]))
+
+
+def test_a_kept_row_derives_its_value_once_even_none():
+    made: list[Person] = []
+    row = Person(1, "owner", False, datetime(2026, 1, 1), "100%", None)
+    for value in ("OWNER", None):
+        kept = Kept(row, version="v1")
+        answers = [kept.derive(lambda r, value=value: made.append(r) or value) for _ in range(3)]
+        assert answers == [value] * 3
+    assert made == [row, row]  # one computation per kept row
+
+
 def test_a_connection_the_server_dropped_fails_as_sqlalchemy_and_the_pool_recovers(postgres_url):
     """A real fault: the server ends the connection's backend (pg_terminate_backend)."""
     database = dbmod.Database(postgres_url)
-    prepared = Prepared("quaymirror_test_drop", STATEMENT)
+    prepared = Prepared("quaymirror_test_drop", STATEMENT, Person)
     params = {"name": "nobody", "pattern": "x"}
     try:
         engine = database.read_engine

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import DateTime, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -11,7 +12,32 @@ from quaymirror.accounts.models import User
 from quaymirror.db import Base, utcnow
 
 
-class AccessToken(Base):
+class _TokenFields(Protocol):
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+
+class BearerChecks:
+    """The interface authlib's BearerTokenValidator checks, from a token's scope and expiry: one copy for
+    the stored token and for a token a hot read selected itself. A token with an expiry is refused from
+    that instant on; one without never expires."""
+
+    __slots__ = ()
+
+    def get_scope(self: _TokenFields) -> str:
+        return self.scope
+
+    def is_expired(self: _TokenFields) -> bool:
+        return self.expires_at is not None and self.expires_at <= utcnow()
+
+    def is_revoked(self) -> bool:
+        return False
+
+
+class AccessToken(BearerChecks, Base):
     __tablename__ = "oauthaccesstoken"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -22,13 +48,3 @@ class AccessToken(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime)
 
     user: Mapped[User] = relationship()
-
-    # The interface authlib's BearerTokenValidator expects.
-    def get_scope(self) -> str:
-        return self.scope
-
-    def is_expired(self) -> bool:
-        return self.expires_at is not None and self.expires_at <= utcnow()
-
-    def is_revoked(self) -> bool:
-        return False

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, bindparam, false, select
+from sqlalchemy import Select, and_, bindparam, false, select
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.orm.attributes import set_committed_value
 
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import scopes, tokens
-from quaymirror.auth.tokens import Caller
+from quaymirror.auth.tokens import Caller, Principal
 from quaymirror.errors import AuthenticationRequired, Forbidden
 from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission
 
@@ -20,21 +20,32 @@ def namespace_by_name(session: Session, name: str) -> User | None:
     return session.scalars(select(User).where(User.username == name, User.is_robot.is_(False))).first()
 
 
-def is_namespace_admin(session: Session, user: User, namespace: User) -> bool:
-    """Owners of a user namespace and admins of an organization administer all of it."""
-    if user.is_robot:
+def administers(user_id: int, user_is_robot: bool, namespace_id: int, namespace_is_org: bool,
+                org_role: str | None) -> bool:
+    """The rule of namespace administration, from values: the owner of a user namespace and the admins of
+    an organization (``org_role``: the user's membership role in it) administer all of it; robots never do."""
+    if user_is_robot:
         return False
-    if user.id == namespace.id and not namespace.is_organization:
-        return True
-    if namespace.is_organization:
-        member = session.scalars(
-            select(OrganizationMember).where(
-                OrganizationMember.organization_id == namespace.id,
-                OrganizationMember.user_id == user.id,
-            )
-        ).first()
-        return member is not None and member.role == "admin"
-    return False
+    if namespace_is_org:
+        return org_role == "admin"
+    return user_id == namespace_id
+
+
+def _org_role(session: Session, user: User, namespace: User) -> str | None:
+    """The user's membership role in an organization namespace; None where :func:`administers` ignores it."""
+    if not namespace.is_organization or user.is_robot:
+        return None
+    return session.scalars(
+        select(OrganizationMember.role).where(
+            OrganizationMember.organization_id == namespace.id, OrganizationMember.user_id == user.id
+        )
+    ).first()
+
+
+def is_namespace_admin(session: Session, user: User, namespace: User) -> bool:
+    """:func:`administers` on loaded rows."""
+    return administers(user.id, user.is_robot, namespace.id, namespace.is_organization,
+                       _org_role(session, user, namespace))
 
 
 def is_namespace_member(session: Session, user: User, namespace: User) -> bool:
@@ -49,7 +60,7 @@ def is_namespace_member(session: Session, user: User, namespace: User) -> bool:
     ).first() is not None
 
 
-def _cap(role: str | None, caller: Caller) -> str | None:
+def _cap(role: str | None, caller: Principal) -> str | None:
     """Cap a role by the highest repository role the token's scopes allow."""
     allowed = [scopes.SCOPE_ROLE[s] for s in caller.scopes if s in scopes.SCOPE_ROLE]
     if role is None or not allowed:
@@ -58,26 +69,38 @@ def _cap(role: str | None, caller: Caller) -> str | None:
     return role if ROLE_RANK[role] <= ROLE_RANK[cap] else cap
 
 
-def uncapped_role(session: Session, user: User, namespace: User, repository: Repository | None) -> str | None:
-    if is_namespace_admin(session, user, namespace):
-        return "admin"
-    if repository is None:
-        return None
-    permission = session.scalars(
-        select(RepositoryPermission).where(
-            RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id
-        )
-    ).first()
-    return permission.role if permission else None
+def role_from_values(caller: Principal, *, namespace_id: int, namespace_is_org: bool, org_role: str | None,
+                     has_repository: bool, permission_role: str | None) -> str | None:
+    """The caller's role on a repository, from values: admin for whoever administers the namespace, else
+    the caller's direct permission (``permission_role``) on the repository when it exists, capped by the
+    token's scopes. ``org_role``: the caller's membership role in the namespace."""
+    if administers(caller.user_id, caller.is_robot, namespace_id, namespace_is_org, org_role):
+        uncapped: str | None = "admin"
+    elif not has_repository:
+        uncapped = None
+    else:
+        uncapped = permission_role
+    return _cap(uncapped, caller)
 
 
 def repository_role(session: Session, caller: Caller, namespace: User, repository: Repository | None) -> str | None:
-    return _cap(uncapped_role(session, caller.user, namespace, repository), caller)
+    """:func:`role_from_values` on loaded rows, each role read only when it can matter."""
+    org_role = _org_role(session, caller.user, namespace)
+    permission_role = None
+    if repository is not None and not administers(caller.user_id, caller.is_robot, namespace.id,
+                                                  namespace.is_organization, org_role):
+        permission_role = session.scalars(
+            select(RepositoryPermission.role).where(
+                RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == caller.user_id
+            )
+        ).first()
+    return role_from_values(caller, namespace_id=namespace.id, namespace_is_org=namespace.is_organization,
+                            org_role=org_role, has_repository=repository is not None, permission_role=permission_role)
 
 
-def superuser_passes(caller: Caller, full_access: bool) -> bool:
+def superuser_passes(caller: Principal, full_access: bool) -> bool:
     """Superusers act as admins only with full access switched on and a ``super:user`` token."""
-    return full_access and caller.user.is_superuser and caller.has_scope(scopes.SUPERUSER)
+    return full_access and caller.is_superuser and caller.has_scope(scopes.SUPERUSER)
 
 
 def find_repository(session: Session, namespace: User, name: str) -> Repository | None:
@@ -94,14 +117,14 @@ NS = _NS  # the namespace alias of access_query(), for callers selecting its col
 ACCESS_ENTITIES = (_NS, Repository, OrganizationMember.role, RepositoryPermission.role)
 
 
-def access_query(*extra: Any, columns: tuple = ACCESS_ENTITIES, authenticate: bool = False):
+def access_query(*extra: Any, columns: tuple = ACCESS_ENTITIES, authenticate: bool = False) -> Select:
     """``SELECT ns, repository, org role, permission role [, extra]`` for one ns/repo and one caller.
 
     Bind parameters: ``ns`` (namespace name), ``repo`` (repository name), ``uid`` (caller id, -1
     when anonymous). ``extra`` entities must be outer-joined by the caller of this function;
     ``columns`` replaces the first four (e.g. plain columns of ``NS``, ``Repository`` and the roles).
     ``authenticate``: the caller is the bearer token whose hash is bind parameter ``digest`` instead
-    of ``uid``, its token and user selected too (``tokens.caller_columns``, read by ``tokens.token_in``).
+    of ``uid``, its token and user selected too (``tokens.caller_columns``, read by ``tokens.caller_from_values``).
     """
     uid = tokens.CALLER_ID if authenticate else bindparam("uid")
     query = select(*columns, *(tokens.caller_columns() if authenticate else ()), *extra).select_from(_NS)
@@ -127,40 +150,35 @@ def access_params(caller: Caller | None, namespace_name: str, repo_name: str) ->
 
 
 def decide_repo_role(
-    caller: Caller | None,
-    namespace: User | None,
-    repository: Repository | None,
-    org_role: str | None,
-    permission_role: str | None,
+    caller: Principal | None,
     role: str,
     *,
+    namespace_id: int | None,
+    namespace_is_org: bool,
+    repository_visibility: str | None,
+    org_role: str | None,
+    permission_role: str | None,
     superuser_full_access: bool,
     public_read: bool,
 ) -> None:
-    """The rules of :func:`require_repo_role` on already loaded rows (raise 401/403, else pass).
+    """The rules of :func:`require_repo_role` from values (raise 401/403, else pass): the one decision of
+    the ORM path and of hot reads that select these values themselves.
 
-    ``org_role`` is the caller's membership role in ``namespace``, ``permission_role`` the caller's
-    direct permission on ``repository`` (None when absent).
+    ``namespace_id`` None: no such namespace; ``repository_visibility`` None: no such repository;
+    ``org_role`` is the caller's membership role in the namespace, ``permission_role`` the caller's direct
+    permission on the repository (None when absent).
     """
-    if role == "read" and public_read and repository is not None and repository.visibility == "public":
+    if role == "read" and public_read and repository_visibility == "public":
         return
     if caller is None:
         raise AuthenticationRequired()
     if superuser_passes(caller, superuser_full_access):
         return
-    if namespace is None:
+    if namespace_id is None:
         raise Forbidden()
-    user = caller.user
-    if not user.is_robot and (
-        (user.id == namespace.id and not namespace.is_organization)
-        or (namespace.is_organization and org_role == "admin")
-    ):
-        uncapped = "admin"  # is_namespace_admin
-    elif repository is None:
-        uncapped = None
-    else:
-        uncapped = permission_role
-    granted = _cap(uncapped, caller)
+    granted = role_from_values(caller, namespace_id=namespace_id, namespace_is_org=namespace_is_org,
+                               org_role=org_role, has_repository=repository_visibility is not None,
+                               permission_role=permission_role)
     if granted is None or ROLE_RANK[granted] < ROLE_RANK[role]:
         raise Forbidden()
 
@@ -185,7 +203,10 @@ def require_repo_role(
     namespace, repository, org_role, permission_role = row if row is not None else (None, None, None, None)
     if repository is not None:
         set_committed_value(repository, "namespace", namespace)
-    decide_repo_role(caller, namespace, repository, org_role, permission_role, role,
+    decide_repo_role(caller, role, namespace_id=namespace.id if namespace is not None else None,
+                     namespace_is_org=namespace is not None and namespace.is_organization,
+                     repository_visibility=repository.visibility if repository is not None else None,
+                     org_role=org_role, permission_role=permission_role,
                      superuser_full_access=superuser_full_access, public_read=public_read)
     return namespace, repository
 

@@ -5,20 +5,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import TypeVar
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2 import OAuth2Error
 from authlib.oauth2.rfc6750 import BearerTokenValidator
 from flask import g, request
-from sqlalchemy import bindparam, select
+from sqlalchemy import Label, Select, bindparam, select
 from sqlalchemy.orm import Session, aliased, joinedload
 
 from quaymirror.accounts.models import User
 from quaymirror.auth import scopes as scope_names
-from quaymirror.auth.models import AccessToken
-from quaymirror.db import Plain, utcnow
+from quaymirror.auth.models import AccessToken, BearerChecks
+from quaymirror.db import utcnow
 from quaymirror.errors import AuthenticationRequired
 
 TOKEN_BYTES = 30
@@ -56,15 +58,30 @@ def lookup(session: Session, raw: str) -> AccessToken | None:
     return token
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling: the token's owner and the scopes the token grants (implications expanded)."""
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the permission rules read it: the user's id and flags and the scopes the token
+    grants (implications expanded). A hot read that selected its caller itself gets just this
+    (:func:`caller_from_values`); both paths are decided by the same rules."""
 
-    user: User
+    user_id: int
+    is_robot: bool
+    is_superuser: bool
     scopes: frozenset[str]
 
     def has_scope(self, name: str) -> bool:
         return name in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class Caller(Principal):
+    """Who is calling, as the ORM path loads it: also the token's owner, to write with."""
+
+    user: User
+
+    @classmethod
+    def of(cls, user: User, scopes: frozenset[str]) -> Caller:
+        return cls(user.id, user.is_robot, user.is_superuser, scopes, user)
 
 
 class _Validator(BearerTokenValidator):
@@ -91,43 +108,64 @@ def _header_token() -> tuple[str, str] | None:
     return (parts[0], parts[1]) if len(parts) == 2 else None
 
 
-def _bearer_token(protector: ResourceProtector, found: AccessToken | None | bool = False) -> AccessToken | None:
+_T = TypeVar("_T")
+
+
+def _bearer_token(protector: ResourceProtector, find: Callable[[_Validator, str], _T | None]) -> _T | None:
     """The request's valid bearer token, or None: authlib's rules without its request wrapper.
 
     Same parsing as ``ResourceProtector.parse_request_authorization`` (header split once on
     whitespace, token type case-insensitive) and the same checks as
     ``BearerTokenValidator.validate_token`` (unknown, expired or revoked → None), but without
     building authlib's JSON request object on every call, which cost more than the lookup.
-    ``found``: the token row a statement already read by :func:`request_digest` (None: no such
-    token), instead of looking it up again.
+    ``find(validator, raw)`` is the token whose hash is the raw token's, or None.
     """
     given = _header_token()
     if given is None:
         return None
     try:
         validator = protector.get_token_validator(given[0])
-        if found is False:
-            token = validator.authenticate_token(given[1])
-        else:
-            # Same constant-time check as lookup() on the row the caller's statement found.
-            token = found if found is not None and hmac.compare_digest(found.token_hash, hash_token(given[1])) else None
+        token = find(validator, given[1])
         validator.validate_token(token, None, None)
     except OAuth2Error:
         return None
-    g.authlib_server_oauth2_token = token
     return token
 
 
-# A hot read may authenticate in its own statement (one round trip instead of two): it outer-joins
-# the token whose hash is the bind parameter ``digest`` (:func:`request_digest`) and its user with
-# :func:`join_caller`, selects :func:`caller_columns`, and hands :func:`token_in` of its row to
-# ``current_caller(found=...)``, which applies every rule of the plain lookup to it.
+def _granted(scope: str) -> frozenset[str]:
+    """What a stored scope string grants; one unknown scope in it grants nothing, as in Quay."""
+    try:
+        return scope_names.granted(scope)
+    except scope_names.UnknownScope:
+        return frozenset()
+
+
+def current_caller(protector: ResourceProtector, required: bool = True) -> Caller | None:
+    """The authenticated caller of this request (its token looked up in the request's session), or None
+    when anonymous and allowed.
+
+    Missing, garbage and expired tokens all answer Quay's 401 ``invalid_token``.
+    """
+    if "caller" in g:
+        caller = g.caller
+    else:
+        token = _bearer_token(protector, _Validator.authenticate_token)
+        caller = None
+        if token is not None:
+            g.authlib_server_oauth2_token = token
+            caller = Caller.of(token.user, _granted(token.scope))
+        g.caller = caller
+    if caller is None and required:
+        raise AuthenticationRequired()
+    return caller
+
+
+# A hot read may authenticate in its own statement (one round trip instead of two): it outer-joins the
+# token whose hash is the bind parameter ``digest`` (:func:`request_digest`) and its user with
+# :func:`join_caller`, selects :func:`caller_columns`, and hands their values to :func:`caller_from_values`,
+# which applies every rule of the plain lookup to them.
 _TOKEN = aliased(AccessToken, name="caller_token")
 _CALLER = aliased(User, name="caller")
-# What the token rules and the permission rules read (not the robot's encrypted secret, not dates
-# nobody reads: each column costs its conversion on every request).
-_TOKEN_KEYS = ("id", "user_id", "token_hash", "scope", "expires_at")
-_USER_KEYS = ("id", "username", "is_organization", "is_robot", "is_superuser")
 CALLER_ID = _TOKEN.user_id  # the caller's user id in such a statement (NULL when anonymous)
 
 
@@ -137,52 +175,48 @@ def request_digest() -> str:
     return hash_token(given[1]) if given is not None else ""
 
 
-def join_caller(query):
+def join_caller(query: Select) -> Select:
     return query.outerjoin(_TOKEN, _TOKEN.token_hash == bindparam("digest")).outerjoin(
         _CALLER, _CALLER.id == _TOKEN.user_id)
 
 
-def caller_columns() -> tuple:
-    return (*(getattr(_TOKEN, key).label(f"caller_token_{key}") for key in _TOKEN_KEYS),
-            *(getattr(_CALLER, key).label(f"caller_user_{key}") for key in _USER_KEYS))
+def caller_columns() -> tuple[Label, ...]:
+    """The token's hash, scope and expiry and its user's id and flags, labelled ``caller_*`` (all NULL when
+    no token has the digest). Only what the token rules and the permission rules read: each column costs
+    its conversion on every request, and the robot's encrypted secret has no business in a read."""
+    return (_TOKEN.token_hash.label("caller_token_hash"), _TOKEN.scope.label("caller_scope"),
+            _TOKEN.expires_at.label("caller_expires_at"), _TOKEN.user_id.label("caller_id"),
+            _CALLER.is_robot.label("caller_is_robot"), _CALLER.is_superuser.label("caller_is_superuser"))
 
 
-class _DetachedToken(Plain):
-    # The validator interface, AccessToken's own rules.
-    get_scope = AccessToken.get_scope
-    is_expired = AccessToken.is_expired
-    is_revoked = AccessToken.is_revoked
+@dataclass(frozen=True, slots=True)
+class _RowToken(BearerChecks):
+    """A token as a hot read selected it."""
+
+    scope: str
+    expires_at: datetime | None
+    user_id: int
+    is_robot: bool
+    is_superuser: bool
 
 
-def token_in(row) -> AccessToken | None:
-    """The token (with its user) of a row selected with :func:`caller_columns`, as read-only plain
-    objects with the models' attributes (enough for the permission rules, never for a write)."""
-    if getattr(row, "caller_token_id", None) is None:
-        return None
-    token = _DetachedToken(**{key: getattr(row, f"caller_token_{key}") for key in _TOKEN_KEYS})
-    token.user = Plain(**{key: getattr(row, f"caller_user_{key}") for key in _USER_KEYS})
-    return token  # type: ignore[return-value]
+def caller_from_values(protector: ResourceProtector, *, token_hash: str | None, scope: str | None,
+                    expires_at: datetime | None, user_id: int | None, is_robot: bool | None,
+                    is_superuser: bool | None) -> Principal | None:
+    """The caller of this request from the values of :func:`caller_columns` (see :func:`join_caller`), by
+    the rules of :func:`current_caller`; None when anonymous (no, garbage or expired token).
 
-
-def current_caller(protector: ResourceProtector, required: bool = True,
-                   found: AccessToken | None | bool = False) -> Caller | None:
-    """The authenticated caller of this request, or None when anonymous and allowed.
-
-    Missing, garbage and expired tokens all answer Quay's 401 ``invalid_token``. ``found``: see
-    :func:`_bearer_token`.
+    The statement found the token by its hash; the same constant-time check as :func:`lookup` is the
+    actual check. Nothing is kept on ``g``: a Principal is no :class:`Caller`, and the ORM path looks its
+    own up.
     """
-    if "caller" in g:
-        caller = g.caller
-    else:
-        token = _bearer_token(protector, found)
-        caller = None
-        if token is not None:
-            try:
-                granted = scope_names.granted(token.scope)
-            except scope_names.UnknownScope:
-                granted = frozenset()
-            caller = Caller(user=token.user, scopes=granted)
-        g.caller = caller
-    if caller is None and required:
-        raise AuthenticationRequired()
-    return caller
+    def find(_validator: _Validator, raw: str) -> _RowToken | None:
+        if token_hash is None or scope is None or user_id is None \
+                or not hmac.compare_digest(token_hash, hash_token(raw)):
+            return None
+        return _RowToken(scope, expires_at, user_id, bool(is_robot), bool(is_superuser))
+
+    token = _bearer_token(protector, find)
+    if token is None:
+        return None
+    return Principal(token.user_id, token.is_robot, token.is_superuser, _granted(token.scope))

@@ -6,26 +6,20 @@ for a malformed body), then the body (400), then the repository (404).
 
 from __future__ import annotations
 
-from flask import Response, current_app
+from flask import Response
 from flask_restful import Api, Resource
-from sqlalchemy.orm import aliased
 
 from quaymirror import web
-from quaymirror.accounts.models import OrganizationMember, User
-from quaymirror.auth import tokens
-from quaymirror.auth.permissions import NS, access_query, decide_repo_role, require_repo_role
-from quaymirror.db import Plain, Prepared
-from quaymirror.errors import NotFound, dumps
-from quaymirror.mirror import service
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
-from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig, dump_view
+from quaymirror.auth.permissions import require_repo_role
+from quaymirror.mirror import service, view_read
+from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig
 from quaymirror.repositories import service as repositories
-from quaymirror.repositories.models import Repository, RepositoryPermission
+from quaymirror.repositories.models import Repository
 from quaymirror.security.secrets import SecretBox
 
 
 def _box() -> SecretBox:
-    return current_app.extensions["quaymirror.secrets"]
+    return web.secret_box()
 
 
 def _authorize(namespace: str, repository: str) -> Repository | None:
@@ -37,86 +31,6 @@ def _authorize(namespace: str, repository: str) -> Repository | None:
     return repo
 
 
-_ROBOT = aliased(User, name="robot")
-_CONFIG_COLUMNS = (
-    "is_enabled", "mirror_type", "external_reference", "external_registry_username",
-    "external_registry_config_json", "architecture_filter_json", "sync_interval", "sync_start_date",
-    "sync_expiration_date", "sync_retries_remaining", "sync_status", "skopeo_timeout",
-)
-# GET's whole read in one statement and as plain rows (no ORM identity work): the namespace, the
-# repository, the caller's roles, the configuration, its rule and its robot.
-_VIEW = (
-    access_query(
-        RepoMirrorConfig.id.label("config_id"),
-        *(getattr(RepoMirrorConfig, name).label(name) for name in _CONFIG_COLUMNS),
-        RepoMirrorRule.rule_value_json.label("rule_value_json"),
-        _ROBOT.username.label("robot_username"),
-        authenticate=True,
-        columns=(
-            NS.id.label("ns_id"), NS.username.label("ns_username"), NS.is_organization.label("ns_is_org"),
-            Repository.id.label("repo_id"), Repository.name.label("repo_name"),
-            Repository.visibility.label("repo_visibility"), Repository.state.label("repo_state"),
-            OrganizationMember.role.label("org_role"), RepositoryPermission.role.label("permission_role"),
-        ),
-    )
-    .outerjoin(RepoMirrorConfig, RepoMirrorConfig.repository_id == Repository.id)
-    .outerjoin(RepoMirrorRule, RepoMirrorRule.id == RepoMirrorConfig.root_rule_id)
-    .outerjoin(_ROBOT, _ROBOT.id == RepoMirrorConfig.internal_robot_id)
-)
-_VIEW_PREPARED = Prepared("quaymirror_mirror_view", _VIEW)
-
-
-class _ConfigRow(Plain):
-    # The model's own JSON decoding, so the answer is the same as from an ORM instance.
-    external_registry_config = RepoMirrorConfig.external_registry_config
-    architecture_filter = RepoMirrorConfig.architecture_filter
-    rule_value = RepoMirrorRule.rule_value
-
-
-class _RepositoryRow(Plain):
-    full_name = Repository.full_name
-
-
-def _view(namespace: str, repository: str) -> str:
-    """GET /mirror's body with one query: the same checks and answers as ``_authorize`` +
-    ``service.describe_config``.
-
-    The statement authenticates the bearer token too; only when the namespace does not exist (no row)
-    is the token looked up on its own, to tell 401 from 403.
-    """
-    row = web.read_first(_VIEW_PREPARED, {"ns": namespace, "repo": repository, "digest": tokens.request_digest()})
-    caller = web.caller(required=False, found=tokens.token_in(row) if row is not None else False)
-    ns = repo = None
-    if row is not None:
-        ns = Plain(id=row.ns_id, username=row.ns_username, is_organization=row.ns_is_org)
-        if row.repo_id is not None:
-            repo = _RepositoryRow(id=row.repo_id, name=row.repo_name, visibility=row.repo_visibility,
-                                  state=row.repo_state, namespace=ns)
-    decide_repo_role(caller, ns, repo, row.org_role if row else None, row.permission_role if row else None,
-                     "admin", superuser_full_access=web.settings().superusers_full_access, public_read=False)
-    repo = repositories.require(repo)
-    if row.config_id is None:
-        raise NotFound()
-    kept = _BODIES.get(id(row))
-    if kept is not None and kept[0] is row:
-        return kept[1]
-    config = _ConfigRow(**{name: getattr(row, name) for name in _CONFIG_COLUMNS})
-    config.root_rule = _ConfigRow(rule_value_json=row.rule_value_json)
-    config.internal_robot = Plain(username=row.robot_username) if row.robot_username is not None else None
-    body = dumps(dump_view(service.describe_config(config, repo, _box())))
-    if len(_BODIES) >= _MAX_BODIES:
-        _BODIES.clear()
-    _BODIES[id(row)] = (row, body)
-    return body
-
-
-# The body of each row the read cache answers again (the very same object, kept here so that its id is not
-# reused): it is derived from the row alone, so it is the same too. The token, its expiry and the caller's
-# roles above are still checked on every request.
-_BODIES: dict[int, tuple[tuple, str]] = {}
-_MAX_BODIES = 4096
-
-
 def _actor() -> service.Actor:
     return service.Actor(web.caller().user, web.client_ip())
 
@@ -124,7 +38,7 @@ def _actor() -> service.Actor:
 class RepositoryMirror(Resource):
     def get(self, namespace: str, repository: str):
         # A ready response: flask-restful's representation layer would only produce the same bytes, slower.
-        return Response(_view(namespace, repository), 200, mimetype="application/json")
+        return Response(view_read.read_view(namespace, repository), 200, mimetype="application/json")
 
     def post(self, namespace: str, repository: str):
         repo = _authorize(namespace, repository)

@@ -41,6 +41,21 @@ def new_uuid() -> str:
     return str(uuid.uuid4())
 
 
+# The JSON columns as the models read them; plain reads of the columns decode them with the same functions.
+def decode_rule_value(text: str) -> list[str]:
+    return json.loads(text)
+
+
+def decode_registry_config(text: str | None) -> dict[str, Any]:
+    value = json.loads(text or "{}")
+    return value if isinstance(value, dict) else {}
+
+
+def decode_architectures(text: str | None) -> list[str]:
+    value = json.loads(text or "[]")
+    return value if isinstance(value, list) else []
+
+
 class RepoMirrorRule(Base):
     __tablename__ = "repomirrorrule"
 
@@ -55,7 +70,7 @@ class RepoMirrorRule(Base):
 
     @property
     def rule_value(self) -> list[str]:
-        return json.loads(self.rule_value_json)
+        return decode_rule_value(self.rule_value_json)
 
     @rule_value.setter
     def rule_value(self, value: list[str]) -> None:
@@ -99,8 +114,7 @@ class RepoMirrorConfig(Base):
 
     @property
     def external_registry_config(self) -> dict[str, Any]:
-        value = json.loads(self.external_registry_config_json or "{}")
-        return value if isinstance(value, dict) else {}
+        return decode_registry_config(self.external_registry_config_json)
 
     @external_registry_config.setter
     def external_registry_config(self, value: dict[str, Any]) -> None:
@@ -108,8 +122,7 @@ class RepoMirrorConfig(Base):
 
     @property
     def architecture_filter(self) -> list[str]:
-        value = json.loads(self.architecture_filter_json or "[]")
-        return value if isinstance(value, list) else []
+        return decode_architectures(self.architecture_filter_json)
 
     @architecture_filter.setter
     def architecture_filter(self, value: list[str] | None) -> None:

@@ -34,6 +34,9 @@ from quaymirror.mirror.models import (
     RepoMirrorRuleType,
     RepoMirrorStatus,
     RepoMirrorType,
+    decode_architectures,
+    decode_registry_config,
+    decode_rule_value,
     new_uuid,
 )
 from quaymirror.mirror.schemas import RULE_KIND, parse_date
@@ -101,29 +104,48 @@ def _decrypt(box: SecretBox, token: str | None) -> tuple[bool, str | None]:
 
 
 def describe_config(config: RepoMirrorConfig, repository: Repository, box: SecretBox) -> dict[str, Any]:
-    """The values of Quay's ViewMirrorConfig, in its order (dates still datetimes: ``schemas.dump_view``
-    formats them)."""
-    readable, username = _decrypt(box, config.external_registry_username)
-    if not readable:
-        # Quay intends this answer but crashes with a NameError (its bug #9).
-        log.warning("the stored upstream username of %s cannot be decrypted", repository.full_name)
-        username = UNDECRYPTABLE
+    """:func:`describe_values` of a loaded configuration."""
     robot = config.internal_robot
+    return describe_values(
+        full_name=repository.full_name, box=box, is_enabled=config.is_enabled, mirror_type=config.mirror_type,
+        external_reference=config.external_reference, username_token=config.external_registry_username,
+        registry_config_json=config.external_registry_config_json,
+        architecture_filter_json=config.architecture_filter_json, sync_interval=config.sync_interval,
+        sync_start_date=config.sync_start_date, sync_expiration_date=config.sync_expiration_date,
+        sync_retries_remaining=config.sync_retries_remaining, sync_status=config.sync_status,
+        rule_value_json=config.root_rule.rule_value_json,
+        robot_username=robot.username if robot is not None else None, skopeo_timeout=config.skopeo_timeout,
+    )
+
+
+def describe_values(*, full_name: str, box: SecretBox, is_enabled: bool, mirror_type: int, external_reference: str,
+                    username_token: str | None, registry_config_json: str | None,
+                    architecture_filter_json: str | None, sync_interval: int, sync_start_date: datetime | None,
+                    sync_expiration_date: datetime | None, sync_retries_remaining: int, sync_status: int,
+                    rule_value_json: str, robot_username: str | None, skopeo_timeout: int) -> dict[str, Any]:
+    """The values of Quay's ViewMirrorConfig, in its order, from the columns as stored (JSON text, the
+    encrypted username, enum integers): so a plain read of the columns answers exactly what the loaded
+    configuration does. Dates are still datetimes: ``schemas.dump_view`` formats them."""
+    readable, username = _decrypt(box, username_token)
+    if not readable:
+        # Quay intends this answer but crashes with a NameError; we answer it.
+        log.warning("the stored upstream username of %s cannot be decrypted", full_name)
+        username = UNDECRYPTABLE
     return {
-        "is_enabled": config.is_enabled,
-        "mirror_type": RepoMirrorType(config.mirror_type).name,
-        "external_reference": config.external_reference,
+        "is_enabled": is_enabled,
+        "mirror_type": RepoMirrorType(mirror_type).name,
+        "external_reference": external_reference,
         "external_registry_username": username,
-        "external_registry_config": config.external_registry_config,
-        "sync_interval": config.sync_interval,
-        "sync_start_date": config.sync_start_date,
-        "sync_expiration_date": config.sync_expiration_date,
-        "sync_retries_remaining": config.sync_retries_remaining,
-        "sync_status": RepoMirrorStatus(config.sync_status).name,
-        "root_rule": {"rule_kind": RULE_KIND, "rule_value": config.root_rule.rule_value},
-        "robot_username": robot.username if robot is not None else None,
-        "skopeo_timeout_interval": config.skopeo_timeout,
-        "architecture_filter": config.architecture_filter,
+        "external_registry_config": decode_registry_config(registry_config_json),
+        "sync_interval": sync_interval,
+        "sync_start_date": sync_start_date,
+        "sync_expiration_date": sync_expiration_date,
+        "sync_retries_remaining": sync_retries_remaining,
+        "sync_status": RepoMirrorStatus(sync_status).name,
+        "root_rule": {"rule_kind": RULE_KIND, "rule_value": decode_rule_value(rule_value_json)},
+        "robot_username": robot_username,
+        "skopeo_timeout_interval": skopeo_timeout,
+        "architecture_filter": decode_architectures(architecture_filter_json),
     }
 
 

@@ -28,8 +28,13 @@ def get(session: Session, namespace: User, name: str) -> Repository | None:
     ).first()
 
 
+def answers_missing(state: int) -> bool:
+    """A repository marked for deletion answers as if it did not exist (a 404)."""
+    return state == RepositoryState.MARKED_FOR_DELETION
+
+
 def require(repository: Repository | None) -> Repository:
-    if repository is None or repository.state == RepositoryState.MARKED_FOR_DELETION:
+    if repository is None or answers_missing(repository.state):
         raise NotFound()
     return repository
 

@@ -52,7 +52,7 @@ def test_implied_scopes(granted, expanded):
     (None, {"repo:admin"}, None),
 ])
 def test_role_capped_by_scope(role, granted, capped):
-    caller = Caller(user=User(username="x"), scopes=scopes.expand(frozenset(granted)))
+    caller = Caller.of(User(username="x"), scopes.expand(frozenset(granted)))
     assert _cap(role, caller) == capped
 
 
@@ -63,7 +63,7 @@ def test_role_capped_by_scope(role, granted, capped):
     (False, "super:user", True, False),
 ])
 def test_superuser_rule(superuser, scope, full_access, passes):
-    caller = Caller(user=User(username="x", is_superuser=superuser), scopes=frozenset({scope}))
+    caller = Caller.of(User(username="x", is_superuser=superuser), frozenset({scope}))
     assert superuser_passes(caller, full_access) is passes
 
 
