@@ -12,7 +12,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from quaymirror.readcache import ReadCache
-
 from quaymirror.settings import Settings
 
 # Stable constraint names so alembic migrations are identical on SQLite and PostgreSQL.
