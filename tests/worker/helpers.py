@@ -22,8 +22,13 @@ from sqlalchemy import insert, select
 
 from quaymirror.accounts.models import User
 from quaymirror.db import Database, utcnow
-from quaymirror.mirror.history import SyncRun, SyncTag
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus
+from quaymirror.mirror.models import (
+    MirrorSyncRun,
+    MirrorSyncTag,
+    RepoMirrorConfig,
+    RepoMirrorRule,
+    RepoMirrorStatus,
+)
 from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.security.secrets import SecretBox
 
@@ -90,16 +95,18 @@ class Mirrors:
             for key, value in values.items():
                 setattr(row, key, value)
 
-    def runs(self, config_id: int) -> list[SyncRun]:
+    def runs(self, config_id: int) -> list[MirrorSyncRun]:
         with self.database.transaction() as session:
-            rows = list(session.scalars(select(SyncRun).where(SyncRun.config_id == config_id).order_by(SyncRun.id)))
+            rows = list(session.scalars(select(MirrorSyncRun).where(MirrorSyncRun.config_id == config_id)
+                                        .order_by(MirrorSyncRun.id)))
             for row in rows:
                 session.expunge(row)
             return rows
 
-    def tags(self, run_id: int) -> dict[str, SyncTag]:
+    def tags(self, run_id: int) -> dict[str, MirrorSyncTag]:
         with self.database.transaction() as session:
-            rows = list(session.scalars(select(SyncTag).where(SyncTag.run_id == run_id).order_by(SyncTag.id)))
+            rows = list(session.scalars(select(MirrorSyncTag).where(MirrorSyncTag.run_id == run_id)
+                                        .order_by(MirrorSyncTag.id)))
             for row in rows:
                 session.expunge(row)
             return {row.tag: row for row in rows}

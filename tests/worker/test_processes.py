@@ -140,12 +140,12 @@ def test_sigterm_releases_the_claim_for_another_worker_at_once(registry, backend
     assert _layout_tags(wsettings, "org/stop") == digests
 
 
-def test_sync_now_wakes_the_in_process_worker(registry, database, mirrors, make_worker, tmp_path, markers):
+def test_sync_now_wakes_the_in_process_worker(registry, database, mirrors, make_worker, tmp_path, markers, due_reads):
     push_images(registry, "up/wake", ["a"], workdir=tmp_path / "img")
     config_id = mirrors.create("org/wake", f"{registry.host}/up/wake", ["*"], status=S.SUCCESS)
     mirrors.update(config_id, sync_start_date=None)  # not scheduled: only a sync-now runs it
     worker = make_worker(poll=True, subscribe=True, worker_poll_seconds=3600)
-    wait_for(lambda: worker.passes >= 1, 5, what="the first pass")
+    wait_for(lambda: due_reads, 5, what="the first pass")
     t0 = time.monotonic()
     with database.transaction() as session:  # what the API's sync-now does
         assert status.request_sync_now(session, session.get(RepoMirrorConfig, config_id))
@@ -157,7 +157,7 @@ def test_sync_now_wakes_the_in_process_worker(registry, database, mirrors, make_
 
 
 def test_sync_now_wakes_a_listening_worker_on_postgresql(registry, pg_settings, pg_database, workers, tmp_path,
-                                                         markers):
+                                                         markers, due_reads):
     from quaymirror.mirror.worker.runner import Worker
 
     push_images(registry, "up/wake", ["a"], workdir=tmp_path / "img")
@@ -167,7 +167,7 @@ def test_sync_now_wakes_a_listening_worker_on_postgresql(registry, pg_settings, 
     worker = Worker(pg_settings.with_overrides(worker_poll_seconds=3600), pg_database, subscribe=False)
     workers.append(worker)
     worker.start()
-    wait_for(lambda: worker._listener.listening.is_set() and worker.passes >= 1, 10, what="LISTEN")
+    wait_for(lambda: worker._listener.listening.is_set() and due_reads, 10, what="LISTEN")
     other = Database(pg_settings.database_url)  # as another process would: its own connections
     try:
         t0 = time.monotonic()

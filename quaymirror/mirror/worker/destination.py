@@ -409,10 +409,11 @@ class RegistryRepository:
         return 0  # the registry's own garbage collector owns its storage
 
 
-Repository = OciRepository | RegistryRepository
+# Where one run's images land: one repository of the configured storage.
+Destination = OciRepository | RegistryRepository
 
 
-def open_repository(settings: Settings, namespace: str, name: str, files: RunFiles, skopeo: Skopeo) -> Repository:
+def open_repository(settings: Settings, namespace: str, name: str, files: RunFiles, skopeo: Skopeo) -> Destination:
     storage = settings.storage
     if storage.startswith("oci:"):
         base = storage[len("oci:"):]
