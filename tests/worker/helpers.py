@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import threading
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Self
 
 from sqlalchemy import insert, select
@@ -29,8 +31,11 @@ from quaymirror.mirror.models import (
     RepoMirrorRule,
     RepoMirrorStatus,
 )
+from quaymirror.mirror.worker import claims
+from quaymirror.mirror.worker.claims import Claimed
 from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.security.secrets import SecretBox
+from quaymirror.settings import Settings
 
 # ---------------------------------------------------------------- mirror rows
 
@@ -110,6 +115,21 @@ class Mirrors:
             for row in rows:
                 session.expunge(row)
             return {row.tag: row for row in rows}
+
+
+def claim_due(database: Database, owner: str = "w1") -> Claimed:
+    """Claim the one due mirror (and open its run) as a worker's pass would, with the product's calls."""
+    with database.transaction() as session:
+        candidates = claims.due(session, utcnow(), 10)
+    [claimed] = claims.claim_many(database, candidates, owner, 60)
+    return claimed
+
+
+def layout_tags(settings: Settings, repo: str) -> dict[str, str]:
+    """{tag: digest} of the repository's OCI layout in the settings' ``oci:`` storage, read directly."""
+    index = Path(settings.storage[4:]) / repo / "index.json"
+    doc = json.loads(index.read_text())
+    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in doc["manifests"]}
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "condition"):

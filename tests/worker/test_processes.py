@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.harness.images import push_images
-from tests.worker.helpers import GatedProxy, Mirrors, kill_skopeo, skopeo_processes, wait_for
+from tests.worker.helpers import GatedProxy, Mirrors, kill_skopeo, layout_tags, skopeo_processes, wait_for
 
 S = RepoMirrorStatus
 
@@ -63,12 +62,6 @@ def spawn(tmp_path):
         log.close()
 
 
-def _layout_tags(settings: Settings, repo: str) -> dict[str, str]:
-    index = Path(settings.storage[4:]) / repo / "index.json"
-    doc = json.loads(index.read_text())
-    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in doc["manifests"]}
-
-
 def test_sigkilled_worker_is_reclaimed_after_its_lease(registry, wsettings, database, mirrors, make_worker,
                                                         spawn, tmp_path, markers):
     digests = push_images(registry, "up/crash", ["a", "b"], workdir=tmp_path / "img")
@@ -102,7 +95,7 @@ def test_sigkilled_worker_is_reclaimed_after_its_lease(registry, wsettings, data
     assert (runs[1].worker, runs[1].trigger) == (rescuer.owner, "sync_now")
     row = mirrors.config(config_id)
     assert (S(row.sync_status), row.lease_token, row.lease_owner) == (S.SUCCESS, None, None)
-    assert _layout_tags(wsettings, "org/crash") == digests
+    assert layout_tags(wsettings, "org/crash") == digests
     assert elapsed < 10, elapsed  # the lease is 2 s
 
 
@@ -137,7 +130,7 @@ def test_sigterm_releases_the_claim_for_another_worker_at_once(registry, backend
     runs = mirrors.runs(config_id)
     assert [(r.status, r.reason) for r in runs] == [("INTERRUPTED", "shutdown"), ("SUCCESS", None)]
     assert runs[1].worker == rescuer.owner
-    assert _layout_tags(wsettings, "org/stop") == digests
+    assert layout_tags(wsettings, "org/stop") == digests
 
 
 def test_sync_now_wakes_the_in_process_worker(registry, database, mirrors, make_worker, tmp_path, markers, due_reads):
@@ -214,7 +207,7 @@ def test_three_workers_thirty_mirrors_each_synced_exactly_once(registry, pg_sett
         assert (row.lease_token, row.sync_expiration_date, row.sync_retries_remaining) == (None, None, 3)
     assert sum(by_worker.values()) == 30 and len(by_worker) >= 2, by_worker
     for i in range(30):
-        assert _layout_tags(pg_settings, f"org{i % 3}/m{i:02d}") == digests
+        assert layout_tags(pg_settings, f"org{i % 3}/m{i:02d}") == digests
     with pg_database.transaction() as session:
         assert len(audit.entries(session, kind="repo_mirror_sync_success")) == 30
         assert len(audit.entries(session, kind="repo_mirror_sync_started")) == 30

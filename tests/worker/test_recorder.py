@@ -13,14 +13,12 @@ import pytest
 from sqlalchemy.orm import Session
 
 from quaymirror import audit
-from quaymirror.db import utcnow
 from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig, RepoMirrorStatus, RunStatus
-from quaymirror.mirror.worker import claims
-from quaymirror.mirror.worker.claims import Claimed
 from quaymirror.mirror.worker.recorder import RecordedRun, RunListener, RunOutcome
 from quaymirror.mirror.worker.run import MirrorRun
 from quaymirror.mirror.worker.skopeo import ProcessGroup
 from quaymirror.security import ssrf
+from tests.worker.helpers import claim_due
 
 PUBLIC = {"quay.io": ["3.3.3.3"]}  # a public address: the SSRF re-check passes, and it is never connected to
 
@@ -51,13 +49,6 @@ class Broken(RunListener):
         raise RuntimeError("the outbox table is gone")
 
 
-def _claim(database) -> Claimed:
-    with database.transaction() as session:
-        candidates = claims.due(session, utcnow(), 10)
-    [claimed] = claims.claim_many(database, candidates, "w1", 60)
-    return claimed
-
-
 def _undecryptable(mirrors) -> int:
     config_id = mirrors.create("org/keyed", "quay.io/up/x", ["*"], username="u", password="p")
     mirrors.update(config_id, external_registry_password="not-a-fernet-token")
@@ -72,7 +63,7 @@ def _kinds(database) -> list[str]:
 
 def test_a_listener_writes_in_the_transaction_of_the_outcome(wsettings, database, mirrors):
     config_id = _undecryptable(mirrors)
-    claimed = _claim(database)
+    claimed = claim_due(database)
     outbox = Outbox()
     run = MirrorRun(wsettings.with_overrides(skopeo_path="/nonexistent/skopeo"), database, claimed,
                     ProcessGroup(), listeners=[outbox])
@@ -90,7 +81,7 @@ def test_a_listener_writes_in_the_transaction_of_the_outcome(wsettings, database
 def test_a_listener_that_fails_rolls_the_outcome_back_and_its_rows_with_it(wsettings, database, mirrors):
     """Nothing of the end is written: not the outbox's row, not the release, not the history's end."""
     config_id = _undecryptable(mirrors)
-    claimed = _claim(database)
+    claimed = claim_due(database)
     run = MirrorRun(wsettings.with_overrides(skopeo_path="/nonexistent/skopeo"), database, claimed,
                     ProcessGroup(), listeners=[Outbox(), Broken()])
     with ssrf.use_resolver(PUBLIC), pytest.raises(RuntimeError, match="the outbox table is gone"):
@@ -105,7 +96,7 @@ def test_a_listener_that_fails_rolls_the_outcome_back_and_its_rows_with_it(wsett
 
 def test_quays_audit_entries_are_the_default_listener(wsettings, database, mirrors):
     _undecryptable(mirrors)
-    run = MirrorRun(wsettings.with_overrides(skopeo_path="/nonexistent/skopeo"), database, _claim(database),
+    run = MirrorRun(wsettings.with_overrides(skopeo_path="/nonexistent/skopeo"), database, claim_due(database),
                     ProcessGroup())
     with ssrf.use_resolver(PUBLIC):
         assert run.execute() == RunStatus.FAIL

@@ -5,21 +5,16 @@ configuration source of the run's own. Against real skopeo and a real docker-reg
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
-from pathlib import Path
 
-from quaymirror.db import utcnow
 from quaymirror.mirror.models import RunStatus, TagOutcome
-from quaymirror.mirror.worker import claims
-from quaymirror.mirror.worker.claims import Claimed
 from quaymirror.mirror.worker.recorder import TagResult
 from quaymirror.mirror.worker.run import MirrorRun
 from quaymirror.mirror.worker.run_config import load_mirror
 from quaymirror.mirror.worker.skopeo import ProcessGroup
 from quaymirror.mirror.worker.steps import CheckTag, CopyTag, TagContext, TagPlan, TagStep
-from quaymirror.settings import Settings
 from tests.harness.images import push_images
+from tests.worker.helpers import claim_due, layout_tags
 
 ENDED = "ended by the test's step"
 
@@ -40,26 +35,13 @@ class EndOne(TagStep):
         return plan
 
 
-def _claim(database) -> Claimed:
-    with database.transaction() as session:
-        candidates = claims.due(session, utcnow(), 10)
-    [claimed] = claims.claim_many(database, candidates, "w1", 60)
-    return claimed
-
-
-def _layout_tags(settings: Settings, repo: str) -> dict[str, str]:
-    index = Path(settings.storage[4:]) / repo / "index.json"
-    doc = json.loads(index.read_text())
-    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in doc["manifests"]}
-
-
 def test_a_step_between_check_and_copy_ends_a_tag_or_passes_it_on(registry, wsettings, database, mirrors,
                                                                    tmp_path, markers):
     markers.append(registry.host)
     digests = push_images(registry, "up/app", ["a", "b", "c"], workdir=tmp_path / "img")  # a and c: indexes
     config_id = mirrors.create("org/app", f"{registry.host}/up/app", ["*"])
     step = EndOne("b")
-    run = MirrorRun(wsettings, database, _claim(database), ProcessGroup(), tag_steps=[CheckTag(), step, CopyTag()])
+    run = MirrorRun(wsettings, database, claim_due(database), ProcessGroup(), tag_steps=[CheckTag(), step, CopyTag()])
     assert run.execute() == RunStatus.FAIL
     # The step saw every tag once, as the check left it: the upstream digest, and whether it is an index.
     assert sorted((p.tag, p.digest, p.is_index) for p in step.seen) == [
@@ -71,7 +53,7 @@ def test_a_step_between_check_and_copy_ends_a_tag_or_passes_it_on(registry, wset
     tags = mirrors.tags(history_row.id)
     assert {tag: row.outcome for tag, row in tags.items()} == {"a": "copied", "b": "failed", "c": "copied"}
     assert tags["b"].output == ENDED
-    assert _layout_tags(wsettings, "org/app") == {"a": digests["a"], "c": digests["c"]}  # b was never copied
+    assert layout_tags(wsettings, "org/app") == {"a": digests["a"], "c": digests["c"]}  # b was never copied
 
 
 def test_the_run_mirrors_what_its_source_says(registry, wsettings, database, mirrors, tmp_path, markers):
@@ -83,8 +65,8 @@ def test_the_run_mirrors_what_its_source_says(registry, wsettings, database, mir
     def source():
         return dataclasses.replace(load_mirror(database, wsettings, config_id), rules=["b"])
 
-    run = MirrorRun(wsettings, database, _claim(database), ProcessGroup(), source=source)
+    run = MirrorRun(wsettings, database, claim_due(database), ProcessGroup(), source=source)
     assert run.execute() == RunStatus.SUCCESS
-    assert _layout_tags(wsettings, "org/app") == {"b": digests["b"]}
+    assert layout_tags(wsettings, "org/app") == {"b": digests["b"]}
     [history_row] = mirrors.runs(config_id)
     assert (history_row.tags_matched, history_row.tags_copied) == (1, 1)
