@@ -1,4 +1,4 @@
-"""Pure functions of the worker: redaction (Quay §4.5 and more), failure reasons, tag rules, the schedule grid."""
+"""Pure functions of the worker: redaction (Quay's patterns and more), failure reasons, tag rules, the schedule grid."""
 
 from __future__ import annotations
 
