@@ -1,4 +1,4 @@
-"""Prometheus metrics of the mirror worker: Quay's names and labels (behaviour notes §4.8), plus ours.
+"""Prometheus metrics of the mirror worker: Quay's names and labels, plus ours.
 
 Quay's (same names, types and labels):
 
@@ -13,7 +13,7 @@ Quay's (same names, types and labels):
 * ``quay_repository_mirror_workers_active`` (gauge): 1 while a worker runs in this process.
 
 Ours: ``quaymirror_mirror_pickup_seconds`` (wake-up to claim), ``quaymirror_mirror_tags_total{namespace,
-outcome}`` (copied / skipped / failed / deleted), ``quaymirror_mirror_bytes_copied_total{namespace}``,
+outcome}`` (a ``TagOutcome``: copied / skipped / failed / deleted / kept / cancelled), ``quaymirror_mirror_bytes_copied_total{namespace}``,
 ``quaymirror_read_cache_lookups_total{outcome}`` (hit / miss: GET /mirror's read cache).
 
 Everything lives in the default registry: ``GET /metrics`` of the API (the embedded worker's
@@ -33,11 +33,14 @@ from prometheus_client import (
     start_http_server,
 )
 
+from quaymirror.mirror.models import RunStatus
+from quaymirror.mirror.worker import reasons
+
 log = logging.getLogger(__name__)
 
-# Quay's failure reasons (§4.8) for ours.
-QUAY_REASONS = {"invalid_source": "invalid_source_registry", "timeout": "network_timeout",
-                "cancelled": "unknown_error"}
+# Quay's names for our failure reasons where they differ (Quay reports a cancel as an unknown error).
+QUAY_REASONS = {reasons.INVALID_SOURCE: "invalid_source_registry", reasons.TIMEOUT: "network_timeout",
+                reasons.CANCELLED: "unknown_error"}
 
 ROWS_UNMIRRORED = Gauge("quay_repository_rows_unmirrored", "Due mirrors left unclaimed after a worker pass")
 PENDING_TAGS = Gauge("quay_repository_mirror_pending_tags", "Tags left to mirror in the current run",
@@ -76,20 +79,20 @@ def run_started(namespace: str, repository: str, started: float) -> None:
     PENDING_TAGS.labels(namespace, repository).set(0)
 
 
-def run_finished(namespace: str, repository: str, outcome: str, reason: str | None, duration: float,
+def run_finished(namespace: str, repository: str, outcome: RunStatus, reason: str | None, duration: float,
                  any_failed: bool) -> None:
-    """``outcome``: SUCCESS, FAIL, CANCEL (or an interrupted run: only the duration and pending tags)."""
+    """SUCCESS, FAIL and CANCEL set the last status; an interrupted run counts only its duration."""
     PENDING_TAGS.labels(namespace, repository).set(0)
     SYNC_DURATION.labels(namespace).observe(duration)
-    if outcome == "SUCCESS":
+    if outcome == RunStatus.SUCCESS:
         LAST_SYNC_STATUS.labels(namespace, repository, "").set(1)
         SYNC_COMPLETE.labels(namespace, repository).set(0 if any_failed else 1)
-    elif outcome in ("FAIL", "CANCEL"):
+    elif outcome in (RunStatus.FAIL, RunStatus.CANCEL):
         why = quay_reason(reason)
         LAST_SYNC_STATUS.labels(namespace, repository, "").set(0)
         LAST_SYNC_STATUS.labels(namespace, repository, why).set(0)
         SYNC_COMPLETE.labels(namespace, repository).set(0)
-        if outcome == "FAIL":
+        if outcome == RunStatus.FAIL:
             SYNC_FAILURES.labels(namespace, why).inc()
 
 

@@ -4,8 +4,13 @@ from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.audit import LogEntry
 from quaymirror.auth.models import AccessToken
 from quaymirror.db import Base
-from quaymirror.mirror.history import MirrorTag, SyncRun, SyncTag  # noqa: F401
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
+from quaymirror.mirror.models import (  # noqa: F401
+    MirrorOwnedTag,
+    MirrorSyncRun,
+    MirrorSyncTag,
+    RepoMirrorConfig,
+    RepoMirrorRule,
+)
 from quaymirror.repositories.models import Repository, RepositoryPermission
 
 __all__ = [

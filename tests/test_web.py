@@ -19,6 +19,7 @@ from werkzeug.routing.converters import NumberConverter
 
 from quaymirror import web
 from quaymirror.mirror import history
+from quaymirror.mirror.models import RunStatus, RunTrigger
 from quaymirror.openapi import _RULE_VARIABLE, OPERATIONS, PREFIX
 from tests.conftest import TEST_SECRET
 from tests.worker.helpers import Mirrors
@@ -51,9 +52,9 @@ def routes(app_with, world, database) -> Routes:
     config_id = mirrors.create("devtable/mirrored", "quay.io/x/y", ["*"])
     with database.transaction() as session:
         run = history.start_run(session, repository_id=mirrors.config(config_id).repository_id,
-                                config_id=config_id, trigger=history.TRIGGER_SCHEDULE, worker="test",
+                                config_id=config_id, trigger=RunTrigger.SCHEDULE, worker="test",
                                 lease_token="t")
-        history.finish_run(session, run.id, history.RUN_SUCCESS)
+        history.finish_run(session, run.id, RunStatus.SUCCESS)
         run_id = run.id
     world.token("super", "devtable", "super:user repo:admin")
     app = app_with(superusers_full_access=True)

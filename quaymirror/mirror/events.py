@@ -9,11 +9,19 @@ so a worker never wakes up before the row says SYNC_NOW.
 from __future__ import annotations
 
 import logging
+import select
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+
+from quaymirror.mirror.worker.policy import Backoff
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection as PgConnection
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +77,8 @@ def _after_rollback(session: Session) -> None:
 class PgListener:
     """A dedicated PostgreSQL connection that LISTENs on :data:`CHANNEL` and calls ``callback(config_id)``.
 
-    Runs in its own daemon thread; reconnects with a growing back-off when the
-    connection drops, and then calls ``callback(None)`` once because
+    Runs in its own daemon thread; reconnects after a growing pause (``policy.Backoff``)
+    when the connection drops, and then calls ``callback(None)`` once because
     notifications sent meanwhile are lost (the worker then polls).
     """
 
@@ -92,10 +100,11 @@ class PgListener:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _connect(self):
+    def _connect(self) -> PgConnection:
+        # Loaded here, not at start-up: only a worker on PostgreSQL listens, and a SQLite deployment
+        # never loads the driver at all.
         import psycopg2
         from psycopg2.extensions import ISOLATION_LEVEL_AUTOCOMMIT
-        from sqlalchemy.engine import make_url
 
         url = make_url(self.url)
         _args, kwargs = url.set(drivername="postgresql+psycopg2").get_dialect()().create_connect_args(url)
@@ -107,16 +116,14 @@ class PgListener:
         return conn
 
     def _run(self) -> None:
-        import select
-
-        backoff = 0.5
+        backoff = Backoff()
         reconnecting = False
         while not self._stop.is_set():
-            conn = None
+            conn: PgConnection | None = None
             try:
                 conn = self._connect()
                 self.listening.set()
-                backoff = 0.5
+                backoff.reset()
                 if reconnecting:
                     self.callback(None)
                 while not self._stop.is_set():
@@ -134,9 +141,9 @@ class PgListener:
             except Exception as error:  # noqa: BLE001 - keep listening whatever happened
                 self.listening.clear()
                 reconnecting = True
-                log.warning("LISTEN %s: %s; reconnecting in %.1fs", CHANNEL, type(error).__name__, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                pause = backoff.pause()
+                log.warning("LISTEN %s: %s; reconnecting in %.1fs", CHANNEL, type(error).__name__, pause)
+                self._stop.wait(pause)
             finally:
                 if conn is not None:
                     try:

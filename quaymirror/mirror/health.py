@@ -38,7 +38,7 @@ from quaymirror.auth.permissions import is_namespace_member, namespace_by_name, 
 from quaymirror.db import utcnow
 from quaymirror.errors import Forbidden, NotFound, json_response
 from quaymirror.mirror import heartbeat
-from quaymirror.mirror.history import SyncRun
+from quaymirror.mirror.models import MirrorSyncRun as SyncRun
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.repositories.models import Repository, RepositoryState
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import CursorResult, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from quaymirror.db import utcnow
 from quaymirror.mirror.models import RepoMirrorWorker
-
-W = RepoMirrorWorker
 
 # A row is stale (not counted, and deleted by any beat) after this many heartbeat intervals without a beat.
 STALE_BEATS = 3
@@ -41,8 +40,9 @@ def _expires(now: datetime, interval: float) -> datetime:
 def register(session: Session, owner: str, started: datetime, interval: float) -> None:
     """Insert this process's row (at start, or again after a peer deleted it as stale)."""
     now = utcnow()
-    session.execute(insert(W).values(owner=owner, hostname=socket.gethostname()[:255], pid=os.getpid(),
-                                     started=started, heartbeat=now, expires=_expires(now, interval)))
+    session.execute(insert(RepoMirrorWorker).values(
+        owner=owner, hostname=socket.gethostname()[:255], pid=os.getpid(), started=started, heartbeat=now,
+        expires=_expires(now, interval)))
 
 
 def renew(session: Session, owner: str, interval: float) -> bool:
@@ -51,19 +51,23 @@ def renew(session: Session, owner: str, interval: float) -> bool:
     False when our row is gone (never inserted, or deleted as stale): the caller registers again.
     """
     now = utcnow()
-    result = session.execute(
-        update(W).where(W.owner == owner).values(heartbeat=now, expires=_expires(now, interval))
+    result = cast(CursorResult[Any], session.execute(
+        update(RepoMirrorWorker).where(RepoMirrorWorker.owner == owner)
+        .values(heartbeat=now, expires=_expires(now, interval))
         .execution_options(synchronize_session=False)
-    )
-    session.execute(delete(W).where(W.expires <= now, W.owner != owner).execution_options(synchronize_session=False))
+    ))
+    session.execute(delete(RepoMirrorWorker).where(RepoMirrorWorker.expires <= now, RepoMirrorWorker.owner != owner)
+                    .execution_options(synchronize_session=False))
     return result.rowcount == 1
 
 
 def remove(session: Session, owner: str) -> None:
     """Clean stop: the worker no longer counts, at once."""
-    session.execute(delete(W).where(W.owner == owner).execution_options(synchronize_session=False))
+    session.execute(delete(RepoMirrorWorker).where(RepoMirrorWorker.owner == owner)
+                    .execution_options(synchronize_session=False))
 
 
 def count_alive(session: Session, now: datetime) -> int:
     """The workers whose last beat is fresh (their row has not expired)."""
-    return int(session.scalar(select(func.count()).select_from(W).where(W.expires > now)) or 0)
+    return int(session.scalar(select(func.count()).select_from(RepoMirrorWorker)
+                              .where(RepoMirrorWorker.expires > now)) or 0)

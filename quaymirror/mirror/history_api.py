@@ -21,8 +21,9 @@ from quaymirror import web
 from quaymirror.auth.permissions import require_repo_role
 from quaymirror.errors import NotFound
 from quaymirror.mirror import service as mirrors
-from quaymirror.mirror.history import RUN_SYNCING, SyncRun, SyncTag
-from quaymirror.mirror.models import RepoMirrorConfig
+from quaymirror.mirror.models import MirrorSyncRun as SyncRun
+from quaymirror.mirror.models import MirrorSyncTag as SyncTag
+from quaymirror.mirror.models import RepoMirrorConfig, RunStatus
 from quaymirror.repositories import service as repositories
 
 DEFAULT_LIMIT = 20
@@ -59,7 +60,7 @@ def run_view(run: SyncRun) -> dict[str, Any]:
         "id": run.id,
         "trigger": run.trigger,
         "status": run.status,
-        "in_progress": run.status == RUN_SYNCING,
+        "in_progress": run.status == RunStatus.SYNCING,
         "started": _date(run.started),
         "finished": _date(finished),
         "duration_seconds": round((finished - run.started).total_seconds(), 3) if finished else None,

@@ -1,5 +1,20 @@
-"""Quay's mirror tables: ``repomirrorconfig`` and ``repomirrorrule`` (enums stored as Quay's integers);
-``repomirrorworker``, the live worker processes (which Quay reads from its workers' metrics instead)."""
+"""Every mirror table, and the enumerations their columns hold.
+
+Quay's: ``repomirrorconfig`` and ``repomirrorrule`` (enums stored as Quay's integers). Ours:
+``repomirrorworker``, the live worker processes (which Quay reads from its workers' metrics instead),
+and the sync history Quay lacks:
+
+* ``repomirrorsyncrun`` (:class:`MirrorSyncRun`): one row per sync run, with live counters so a run
+  in progress shows how far it got;
+* ``repomirrorsynctag`` (:class:`MirrorSyncTag`): one row per tag handled by a run (copied, skipped,
+  failed, deleted, ...), with the digest and a redacted output excerpt;
+* ``repomirrortag`` (:class:`MirrorOwnedTag`): the destination tags a mirror created. Pruning deletes
+  only these, never a tag someone else put there, and they survive the trimming of old runs
+  (``QUAYMIRROR_HISTORY_KEEP``).
+
+Writes of the history and ownership tables go through :mod:`quaymirror.mirror.history`; every change
+of ``sync_status`` goes through :mod:`quaymirror.mirror.status`.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +24,25 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, and_
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    and_,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from quaymirror.accounts.models import User
 from quaymirror.db import Base, utcnow
+from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 from quaymirror.repositories.models import Repository
 
-MAX_SYNC_RETRIES = 3
 VALID_ARCHITECTURES = frozenset({"amd64", "arm64", "ppc64le", "s390x"})
 
 
@@ -27,6 +53,38 @@ class RepoMirrorStatus(enum.IntEnum):
     SUCCESS = 1
     SYNCING = 2
     SYNC_NOW = 3
+
+
+class RunStatus(enum.StrEnum):
+    """A sync run's ``status`` in its history row.
+
+    The :class:`RepoMirrorStatus` names a run can end with, plus SYNCING while it runs and
+    INTERRUPTED when its worker stopped it unfinished (shutdown, crash, lost lease).
+    """
+
+    SYNCING = "SYNCING"
+    SUCCESS = "SUCCESS"
+    FAIL = "FAIL"
+    CANCEL = "CANCEL"
+    INTERRUPTED = "INTERRUPTED"
+
+
+class RunTrigger(enum.StrEnum):
+    """Why a run started: its schedule came due, or a user asked (sync-now)."""
+
+    SCHEDULE = "schedule"
+    SYNC_NOW = "sync_now"
+
+
+class TagOutcome(enum.StrEnum):
+    """What a run did with one tag (``repomirrorsynctag.outcome``, and the metrics' ``outcome`` label)."""
+
+    COPIED = "copied"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    DELETED = "deleted"
+    KEPT = "kept"  # a prune candidate left in place (changed by someone else, see the reason)
+    CANCELLED = "cancelled"
 
 
 class RepoMirrorType(enum.IntEnum):
@@ -98,7 +156,8 @@ class RepoMirrorConfig(Base):
     sync_interval: Mapped[int] = mapped_column(Integer, server_default="60")
     sync_start_date: Mapped[datetime | None] = mapped_column(DateTime)
     sync_expiration_date: Mapped[datetime | None] = mapped_column(DateTime)
-    sync_retries_remaining: Mapped[int] = mapped_column(Integer, default=MAX_SYNC_RETRIES, server_default="3")
+    sync_retries_remaining: Mapped[int] = mapped_column(Integer, default=MAX_SYNC_RETRIES,
+                                                        server_default=str(MAX_SYNC_RETRIES))
     sync_status: Mapped[int] = mapped_column(Integer, default=RepoMirrorStatus.NEVER_RUN, index=True)
     # Optimistic lock of the configuration: renewed by every write (API and worker).
     sync_transaction_id: Mapped[str | None] = mapped_column(String(36), default=new_uuid, index=True)
@@ -167,3 +226,63 @@ class RepoMirrorWorker(Base):
     started: Mapped[datetime] = mapped_column(DateTime)
     heartbeat: Mapped[datetime] = mapped_column(DateTime)
     expires: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+class MirrorSyncRun(Base):
+    """One sync run of a mirror (``repomirrorsyncrun``): opened at the claim, counters bumped per tag."""
+
+    __tablename__ = "repomirrorsyncrun"
+    __table_args__ = (Index("ix_repomirrorsyncrun_repository_id_id", "repository_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
+    # Kept when the configuration is deleted, so the history outlives it.
+    config_id: Mapped[int | None] = mapped_column(
+        ForeignKey("repomirrorconfig.id", ondelete="SET NULL"), index=True
+    )
+    trigger: Mapped[str] = mapped_column(String(16))
+    worker: Mapped[str | None] = mapped_column(String(255))
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    started: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.SYNCING)
+    reason: Mapped[str | None] = mapped_column(String(32))
+    message: Mapped[str | None] = mapped_column(Text)
+    tags_matched: Mapped[int | None] = mapped_column(Integer)
+    tags_done: Mapped[int] = mapped_column(Integer, default=0)
+    tags_copied: Mapped[int] = mapped_column(Integer, default=0)
+    tags_skipped: Mapped[int] = mapped_column(Integer, default=0)
+    tags_deleted: Mapped[int] = mapped_column(Integer, default=0)
+    tags_failed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class MirrorSyncTag(Base):
+    """One tag's result in a run (``repomirrorsynctag``)."""
+
+    __tablename__ = "repomirrorsynctag"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("repomirrorsyncrun.id", ondelete="CASCADE"), index=True)
+    tag: Mapped[str] = mapped_column(String(128))
+    digest: Mapped[str | None] = mapped_column(String(80))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    output: Mapped[str | None] = mapped_column(Text)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    finished: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class MirrorOwnedTag(Base):
+    """A destination tag created by a mirror, and the digest it last wrote there (``repomirrortag``)."""
+
+    __tablename__ = "repomirrortag"
+    __table_args__ = (UniqueConstraint("config_id", "tag"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    config_id: Mapped[int] = mapped_column(ForeignKey("repomirrorconfig.id", ondelete="CASCADE"), index=True)
+    tag: Mapped[str] = mapped_column(String(128))
+    digest: Mapped[str] = mapped_column(String(80))
+    created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -27,7 +27,6 @@ from quaymirror.accounts.models import User
 from quaymirror.errors import InvalidRequest, NotFound, detail_error, model_error
 from quaymirror.mirror import events, status
 from quaymirror.mirror.models import (
-    MAX_SYNC_RETRIES,
     VALID_ARCHITECTURES,
     RepoMirrorConfig,
     RepoMirrorRule,
@@ -40,6 +39,7 @@ from quaymirror.mirror.models import (
     new_uuid,
 )
 from quaymirror.mirror.schemas import RULE_KIND, parse_date
+from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.security import ssrf

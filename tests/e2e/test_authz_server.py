@@ -27,8 +27,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.pool import NullPool
 
 from quaymirror.db import utcnow
-from quaymirror.mirror.history import RUN_SUCCESS, SyncRun
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig, RepoMirrorStatus, RunStatus
 from quaymirror.models import Base
 from tests.auth.test_matrix import CALLERS as FOUNDATION_CALLERS
 from tests.auth.test_matrix import ENDPOINTS, ERROR_BODIES, EXPECTED, matrix_world  # noqa: F401
@@ -288,10 +287,10 @@ def mirror_world(matrix_world, database):  # noqa: F811
                 finished = utcnow() - timedelta(minutes=5)
                 with database.transaction() as session:
                     config = session.get(RepoMirrorConfig, config_id)
-                    session.add(SyncRun(id=SYNC_RUN_IDS[namespace], repository_id=config.repository_id,
+                    session.add(MirrorSyncRun(id=SYNC_RUN_IDS[namespace], repository_id=config.repository_id,
                                         config_id=config_id, trigger="schedule", worker="w-old",
                                         started=finished - timedelta(seconds=5), finished=finished,
-                                        status=RUN_SUCCESS, tags_matched=0))
+                                        status=RunStatus.SUCCESS, tags_matched=0))
     return matrix_world
 
 

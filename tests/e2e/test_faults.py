@@ -19,8 +19,7 @@ from sqlalchemy import select
 
 from quaymirror import db as dbmod
 from quaymirror.db import Database
-from quaymirror.mirror.history import SyncTag
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.models import MirrorSyncTag, RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker.runner import Worker
 from tests.conftest import TEST_SECRET, World
 from tests.e2e.pgcluster import PgCluster, pg_cluster  # noqa: F401
@@ -288,7 +287,7 @@ def test_upstream_killed_mid_sync_then_restarted(backend, registry, database, se
             assert config.sync_status == RepoMirrorStatus.SUCCESS
             assert config.sync_retries_remaining == before
             with database.transaction() as session:
-                assert session.scalars(select(SyncTag).where(SyncTag.run_id == run.id)).first() is not None
+                assert session.scalars(select(MirrorSyncTag).where(MirrorSyncTag.run_id == run.id)).first() is not None
             print(f"\nfaults/upstream: run failed {failed_after:.2f}s after the kill (connection_error), "
                   f"retries {before}->{before - 1}->{config.sync_retries_remaining}; next run succeeded "
                   f"{time.monotonic() - restarted_at:.2f}s after the restart")

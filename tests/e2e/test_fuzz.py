@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, select, text
 
 from quaymirror.db import Database
 from quaymirror.mirror import history
-from quaymirror.mirror.models import RepoMirrorConfig
+from quaymirror.mirror.models import RepoMirrorConfig, RunStatus, RunTrigger, TagOutcome
 from quaymirror.repositories.models import Repository
 from tests.e2e.conftest import MIRROR_REPOS, ORG, ROBOTS, USER, http, mirror_config
 
@@ -71,12 +71,12 @@ def seed_runs(database_url: str) -> dict[str, list[int]]:
             for index in range(RUNS_PER_MIRROR):
                 with database.transaction() as session:
                     run = history.start_run(session, repository_id=repository_id, config_id=config_id,
-                                            trigger=history.TRIGGER_SCHEDULE, worker="fuzz",
+                                            trigger=RunTrigger.SCHEDULE, worker="fuzz",
                                             lease_token=f"f{index}")
                     history.set_matched(session, run.id, 1)
-                    history.record_tag(session, run.id, "latest", history.COPIED,
+                    history.record_tag(session, run.id, "latest", TagOutcome.COPIED,
                                        digest="sha256:" + "c" * 64, size=1234, duration_ms=5)
-                    history.finish_run(session, run.id, history.RUN_SUCCESS)
+                    history.finish_run(session, run.id, RunStatus.SUCCESS)
                     runs.setdefault(name, []).append(run.id)
     finally:
         database.dispose()

@@ -17,8 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from quaymirror.db import Database
-from quaymirror.mirror.history import SyncRun
-from quaymirror.mirror.models import RepoMirrorStatus
+from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorStatus
 from quaymirror.security import ssrf
 from tests.conftest import PG_ADMIN_URL, TEST_SECRET, World, _truncate_all
 from tests.e2e.servers import Server, WorkerProcess, send
@@ -235,7 +234,7 @@ def test_secrets_never_in_plaintext(backend, database_url, auth_registry, tmp_pa
         assert token.encode() not in dump and robot_token.encode() not in dump, "raw token stored"
         database = Database(database_url)
         with database.transaction() as session:
-            assert session.scalars(select(SyncRun)).first() is not None
+            assert session.scalars(select(MirrorSyncRun)).first() is not None
         database.dispose()
     finally:
         if worker is not None:

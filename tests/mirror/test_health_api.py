@@ -11,8 +11,14 @@ from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import User
 from quaymirror.db import utcnow
 from quaymirror.mirror import heartbeat
-from quaymirror.mirror.history import RUN_SUCCESS, RUN_SYNCING, SyncRun
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus, new_uuid
+from quaymirror.mirror.models import (
+    MirrorSyncRun,
+    RepoMirrorConfig,
+    RepoMirrorRule,
+    RepoMirrorStatus,
+    RunStatus,
+    new_uuid,
+)
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.settings import Settings, SettingsError
@@ -73,9 +79,9 @@ def mirror(world, path: str, status: S = S.SUCCESS, *, enabled: bool = True, ret
         s.flush()
         if last_sync_age is not None:
             finished = now - last_sync_age
-            s.add(SyncRun(repository_id=repo.id, config_id=config.id, trigger="schedule", worker="w-old",
+            s.add(MirrorSyncRun(repository_id=repo.id, config_id=config.id, trigger="schedule", worker="w-old",
                           lease_token=new_uuid(), started=finished - timedelta(seconds=5), finished=finished,
-                          status=RUN_SUCCESS))
+                          status=RunStatus.SUCCESS))
         return repo.id
 
 
@@ -201,11 +207,11 @@ def test_workers_come_from_heartbeats_and_tags_pending_from_runs(hw, su_client, 
     mirror(hw, "devtable/busy2", S.SYNCING, lease_owner="host:2")
     with database.transaction() as s:
         config_id = s.query(RepoMirrorConfig.id).filter(RepoMirrorConfig.repository_id == repo_id).scalar()
-        s.add(SyncRun(repository_id=repo_id, config_id=config_id, trigger="schedule", worker="host:1",
-                      lease_token=new_uuid(), started=utcnow(), status=RUN_SYNCING, tags_matched=8, tags_done=3))
-        s.add(SyncRun(repository_id=repo_id, config_id=None, trigger="schedule", worker="host:3",
+        s.add(MirrorSyncRun(repository_id=repo_id, config_id=config_id, trigger="schedule", worker="host:1",
+                      lease_token=new_uuid(), started=utcnow(), status=RunStatus.SYNCING, tags_matched=8, tags_done=3))
+        s.add(MirrorSyncRun(repository_id=repo_id, config_id=None, trigger="schedule", worker="host:3",
                       lease_token=new_uuid(), started=utcnow() - timedelta(hours=2),
-                      finished=utcnow() - timedelta(hours=2), status=RUN_SUCCESS, tags_matched=4, tags_done=4))
+                      finished=utcnow() - timedelta(hours=2), status=RunStatus.SUCCESS, tags_matched=4, tags_done=4))
     body = get(su_client, hw).get_json()
     assert body["workers"] == {"active": 0, "configured": 0, "status": "healthy"}  # leases and runs: no liveness
     assert body["tags_pending"] == 5

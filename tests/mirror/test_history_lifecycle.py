@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from quaymirror.mirror import history
-from quaymirror.mirror.models import RepoMirrorConfig
+from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig, RunStatus, RunTrigger, TagOutcome
 from tests.mirror.conftest import MIRROR, mirror_body
 
 SYNCS = f"{MIRROR}/syncs"
@@ -26,9 +26,9 @@ def _run(database) -> int:
     with database.transaction() as session:
         config = session.scalars(select(RepoMirrorConfig)).one()
         run = history.start_run(session, repository_id=config.repository_id, config_id=config.id,
-                                trigger=history.TRIGGER_SYNC_NOW, worker="test", lease_token="t")
-        history.record_tag(session, run.id, "latest", history.COPIED, digest="sha256:" + "b" * 64, size=10)
-        history.finish_run(session, run.id, history.RUN_SUCCESS)
+                                trigger=RunTrigger.SYNC_NOW, worker="test", lease_token="t")
+        history.record_tag(session, run.id, "latest", TagOutcome.COPIED, digest="sha256:" + "b" * 64, size=10)
+        history.finish_run(session, run.id, RunStatus.SUCCESS)
         return run.id
 
 
@@ -63,6 +63,6 @@ def test_a_deleted_mirror_has_no_history_and_a_new_one_starts_empty(client, worl
     assert client.get(f"{SYNCS}/{new}", headers=admin).get_json()["tag_results"][0]["tag"] == "latest"
 
     with database.transaction() as session:  # the audit trail keeps the old runs, detached from any mirror
-        kept = session.scalar(select(func.count()).select_from(history.SyncRun)
-                              .where(history.SyncRun.id.in_(old), history.SyncRun.config_id.is_(None)))
+        kept = session.scalar(select(func.count()).select_from(MirrorSyncRun)
+                              .where(MirrorSyncRun.id.in_(old), MirrorSyncRun.config_id.is_(None)))
     assert kept == 2

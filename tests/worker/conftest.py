@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from quaymirror.db import Database
+from quaymirror.mirror.worker import claims
 from quaymirror.mirror.worker.runner import Worker
 from quaymirror.settings import Settings
 from tests.conftest import TEST_SECRET
@@ -54,6 +55,20 @@ def skopeo_calls(log: Path) -> list[tuple[str, list[str]]]:
 def skopeo_commands(log: Path) -> list[str]:
     """The skopeo command (copy, inspect, ...) of each logged call."""
     return [argv[0] for _, argv in skopeo_calls(log)]
+
+
+@pytest.fixture
+def due_reads(monkeypatch) -> list[int]:
+    """Counts the workers' reads of the due mirrors (each pass makes at least one): one entry per read."""
+    reads: list[int] = []
+    real = claims.due
+
+    def counting(session, now, limit):
+        reads.append(limit)
+        return real(session, now, limit)
+
+    monkeypatch.setattr(claims, "due", counting)
+    return reads
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import threading
@@ -16,16 +17,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Self
 
 from sqlalchemy import insert, select
 
 from quaymirror.accounts.models import User
 from quaymirror.db import Database, utcnow
-from quaymirror.mirror.history import SyncRun, SyncTag
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule, RepoMirrorStatus
+from quaymirror.mirror.models import (
+    MirrorSyncRun,
+    MirrorSyncTag,
+    RepoMirrorConfig,
+    RepoMirrorRule,
+    RepoMirrorStatus,
+)
+from quaymirror.mirror.worker import claims
+from quaymirror.mirror.worker.claims import Claimed
 from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.security.secrets import SecretBox
+from quaymirror.settings import Settings
 
 # ---------------------------------------------------------------- mirror rows
 
@@ -90,19 +100,36 @@ class Mirrors:
             for key, value in values.items():
                 setattr(row, key, value)
 
-    def runs(self, config_id: int) -> list[SyncRun]:
+    def runs(self, config_id: int) -> list[MirrorSyncRun]:
         with self.database.transaction() as session:
-            rows = list(session.scalars(select(SyncRun).where(SyncRun.config_id == config_id).order_by(SyncRun.id)))
+            rows = list(session.scalars(select(MirrorSyncRun).where(MirrorSyncRun.config_id == config_id)
+                                        .order_by(MirrorSyncRun.id)))
             for row in rows:
                 session.expunge(row)
             return rows
 
-    def tags(self, run_id: int) -> dict[str, SyncTag]:
+    def tags(self, run_id: int) -> dict[str, MirrorSyncTag]:
         with self.database.transaction() as session:
-            rows = list(session.scalars(select(SyncTag).where(SyncTag.run_id == run_id).order_by(SyncTag.id)))
+            rows = list(session.scalars(select(MirrorSyncTag).where(MirrorSyncTag.run_id == run_id)
+                                        .order_by(MirrorSyncTag.id)))
             for row in rows:
                 session.expunge(row)
             return {row.tag: row for row in rows}
+
+
+def claim_due(database: Database, owner: str = "w1") -> Claimed:
+    """Claim the one due mirror (and open its run) as a worker's pass would, with the product's calls."""
+    with database.transaction() as session:
+        candidates = claims.due(session, utcnow(), 10)
+    [claimed] = claims.claim_many(database, candidates, owner, 60)
+    return claimed
+
+
+def layout_tags(settings: Settings, repo: str) -> dict[str, str]:
+    """{tag: digest} of the repository's OCI layout in the settings' ``oci:`` storage, read directly."""
+    index = settings.storage.path / repo / "index.json"
+    doc = json.loads(index.read_text())
+    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in doc["manifests"]}
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.05, what: str = "condition"):

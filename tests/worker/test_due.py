@@ -22,8 +22,7 @@ from sqlalchemy import case, event, func, select, update
 
 from quaymirror.db import utcnow
 from quaymirror.mirror import status
-from quaymirror.mirror.history import SyncRun
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker import claims
 from quaymirror.repositories.models import Repository, RepositoryState
 from tests.worker.helpers import bulk_configs
@@ -146,7 +145,7 @@ def test_claim_many_claims_in_one_transaction_in_the_candidates_order(database):
     assert len({g.lease.token for g in got}) == 3
     with database.transaction() as session:
         rows = {r.id: r for r in session.scalars(select(C))}
-        runs = session.execute(select(SyncRun.config_id, SyncRun.id, SyncRun.trigger, SyncRun.lease_token)).all()
+        runs = session.execute(select(MirrorSyncRun.config_id, MirrorSyncRun.id, MirrorSyncRun.trigger, MirrorSyncRun.lease_token)).all()
     for g in got:
         assert (S(rows[g.config_id].sync_status), rows[g.config_id].lease_owner) == (S.SYNCING, "w1")
         assert (rows[g.config_id].lease_token, rows[g.config_id].repository_id) == (g.lease.token, g.repository_id)
@@ -195,7 +194,7 @@ def test_concurrent_batches_claim_each_mirror_exactly_once(database):
         b = {g.config_id for g in results["b"]}
         assert not a & b and a | b == set(ids), (a, b)
     with database.transaction() as session:
-        counts = dict(session.execute(select(SyncRun.config_id, func.count()).group_by(SyncRun.config_id)).all())
+        counts = dict(session.execute(select(MirrorSyncRun.config_id, func.count()).group_by(MirrorSyncRun.config_id)).all())
     assert counts == {config_id: 4 for config_id in ids}
 
 

@@ -16,14 +16,19 @@ from sqlalchemy import select
 from quaymirror import audit
 from quaymirror.db import utcnow
 from quaymirror.mirror import status
-from quaymirror.mirror.history import MirrorTag, SyncRun, SyncTag
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.models import (
+    MirrorOwnedTag,
+    MirrorSyncRun,
+    MirrorSyncTag,
+    RepoMirrorConfig,
+    RepoMirrorStatus,
+)
 from quaymirror.security import ssrf
 from tests.harness.fixtures import AUTH_USERNAME
 from tests.harness.images import push_images
 from tests.harness.registry import hung_server
 from tests.worker.conftest import sync_once
-from tests.worker.helpers import GatedProxy, ProcSampler, skopeo_processes, wait_for
+from tests.worker.helpers import GatedProxy, ProcSampler, skopeo_processes
 
 WRONG_PASSWORD = "Wr0ng-pa55word-x9"
 
@@ -31,8 +36,8 @@ WRONG_PASSWORD = "Wr0ng-pa55word-x9"
 def _everything_stored(database) -> str:
     """Every history row and audit entry as text, to grep for secrets."""
     with database.transaction() as session:
-        rows = [*session.scalars(select(SyncRun)), *session.scalars(select(SyncTag)),
-                *session.scalars(select(MirrorTag))]
+        rows = [*session.scalars(select(MirrorSyncRun)), *session.scalars(select(MirrorSyncTag)),
+                *session.scalars(select(MirrorOwnedTag))]
         text = [json.dumps({c.name: str(getattr(r, c.key, "")) for c in r.__table__.columns}) for r in rows]
         text += [e.metadata_json for e in audit.entries(session)]
     return "\n".join(text)
@@ -253,7 +258,7 @@ def test_cancel_during_a_copy_stops_within_two_seconds(registry, database, mirro
     assert (last["verb"], last["reason"]) == ("cancelled", "cancelled")
     # A cancelled mirror is not scheduled again (retries 0) until sync-now.
     assert worker.run_pass() == 0
-    wait_for(lambda: not worker.running, 5, what="idle worker")
+    assert worker.wait_idle(5), "runs still busy"
 
 
 def test_undecryptable_credentials_fail_the_run_without_skopeo(database, mirrors, make_worker):

@@ -6,7 +6,7 @@ import pytest
 
 from quaymirror.mirror import history
 from quaymirror.mirror.history_api import register
-from quaymirror.mirror.models import RepoMirrorStatus
+from quaymirror.mirror.models import RepoMirrorStatus, RunStatus, TagOutcome
 from tests.harness.images import push_images
 from tests.worker.conftest import sync_once
 from tests.worker.helpers import GatedProxy, wait_for
@@ -31,8 +31,8 @@ def _fake_runs(database, config_id: int, repository_id: int, count: int) -> list
             run = history.start_run(session, repository_id=repository_id, config_id=config_id,
                                     trigger="schedule", worker="test", lease_token=f"t{i}")
             history.set_matched(session, run.id, 1)
-            history.record_tag(session, run.id, "v1", history.SKIPPED, digest="sha256:" + "a" * 64)
-            history.finish_run(session, run.id, history.RUN_SUCCESS)
+            history.record_tag(session, run.id, "v1", TagOutcome.SKIPPED, digest="sha256:" + "a" * 64)
+            history.finish_run(session, run.id, RunStatus.SUCCESS)
             ids.append(run.id)
     return ids
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.settings import Settings
 from tests.conftest import TEST_SECRET
 from tests.harness.images import push_images
-from tests.worker.helpers import GatedProxy, Mirrors, kill_skopeo, skopeo_processes, wait_for
+from tests.worker.helpers import GatedProxy, Mirrors, kill_skopeo, layout_tags, skopeo_processes, wait_for
 
 pytestmark = pytest.mark.integration  # real quaymirror processes
 
@@ -65,12 +64,6 @@ def spawn(tmp_path):
         log.close()
 
 
-def _layout_tags(settings: Settings, repo: str) -> dict[str, str]:
-    index = settings.storage.path / repo / "index.json"
-    doc = json.loads(index.read_text())
-    return {m["annotations"]["org.opencontainers.image.ref.name"]: m["digest"] for m in doc["manifests"]}
-
-
 def test_sigkilled_worker_is_reclaimed_after_its_lease(registry, wsettings, database, mirrors, make_worker,
                                                         spawn, tmp_path, markers):
     digests = push_images(registry, "up/crash", ["a", "b"], workdir=tmp_path / "img")
@@ -104,7 +97,7 @@ def test_sigkilled_worker_is_reclaimed_after_its_lease(registry, wsettings, data
     assert (runs[1].worker, runs[1].trigger) == (rescuer.owner, "sync_now")
     row = mirrors.config(config_id)
     assert (S(row.sync_status), row.lease_token, row.lease_owner) == (S.SUCCESS, None, None)
-    assert _layout_tags(wsettings, "org/crash") == digests
+    assert layout_tags(wsettings, "org/crash") == digests
     assert elapsed < 10, elapsed  # the lease is 2 s
 
 
@@ -139,15 +132,15 @@ def test_sigterm_releases_the_claim_for_another_worker_at_once(registry, backend
     runs = mirrors.runs(config_id)
     assert [(r.status, r.reason) for r in runs] == [("INTERRUPTED", "shutdown"), ("SUCCESS", None)]
     assert runs[1].worker == rescuer.owner
-    assert _layout_tags(wsettings, "org/stop") == digests
+    assert layout_tags(wsettings, "org/stop") == digests
 
 
-def test_sync_now_wakes_the_in_process_worker(registry, database, mirrors, make_worker, tmp_path, markers):
+def test_sync_now_wakes_the_in_process_worker(registry, database, mirrors, make_worker, tmp_path, markers, due_reads):
     push_images(registry, "up/wake", ["a"], workdir=tmp_path / "img")
     config_id = mirrors.create("org/wake", f"{registry.host}/up/wake", ["*"], status=S.SUCCESS)
     mirrors.update(config_id, sync_start_date=None)  # not scheduled: only a sync-now runs it
     worker = make_worker(poll=True, subscribe=True, worker_poll_seconds=3600)
-    wait_for(lambda: worker.passes >= 1, 5, what="the first pass")
+    wait_for(lambda: due_reads, 5, what="the first pass")
     t0 = time.monotonic()
     with database.transaction() as session:  # what the API's sync-now does
         assert status.request_sync_now(session, session.get(RepoMirrorConfig, config_id))
@@ -159,7 +152,7 @@ def test_sync_now_wakes_the_in_process_worker(registry, database, mirrors, make_
 
 
 def test_sync_now_wakes_a_listening_worker_on_postgresql(registry, pg_settings, pg_database, workers, tmp_path,
-                                                         markers):
+                                                         markers, due_reads):
     from quaymirror.mirror.worker.runner import Worker
 
     push_images(registry, "up/wake", ["a"], workdir=tmp_path / "img")
@@ -169,7 +162,7 @@ def test_sync_now_wakes_a_listening_worker_on_postgresql(registry, pg_settings, 
     worker = Worker(pg_settings.with_overrides(worker_poll_seconds=3600), pg_database, subscribe=False)
     workers.append(worker)
     worker.start()
-    wait_for(lambda: worker._listener.listening.is_set() and worker.passes >= 1, 10, what="LISTEN")
+    wait_for(lambda: worker._listener.listening.is_set() and due_reads, 10, what="LISTEN")
     other = Database(pg_settings.database_url)  # as another process would: its own connections
     try:
         t0 = time.monotonic()
@@ -216,7 +209,7 @@ def test_three_workers_thirty_mirrors_each_synced_exactly_once(registry, pg_sett
         assert (row.lease_token, row.sync_expiration_date, row.sync_retries_remaining) == (None, None, 3)
     assert sum(by_worker.values()) == 30 and len(by_worker) >= 2, by_worker
     for i in range(30):
-        assert _layout_tags(pg_settings, f"org{i % 3}/m{i:02d}") == digests
+        assert layout_tags(pg_settings, f"org{i % 3}/m{i:02d}") == digests
     with pg_database.transaction() as session:
         assert len(audit.entries(session, kind="repo_mirror_sync_success")) == 30
         assert len(audit.entries(session, kind="repo_mirror_sync_started")) == 30

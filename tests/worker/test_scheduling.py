@@ -16,12 +16,11 @@ import pytest
 from quaymirror.db import utcnow
 from quaymirror.mirror import history
 from quaymirror.mirror import status as mstatus
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus, RunStatus
 from quaymirror.mirror.worker import claims
 from quaymirror.mirror.worker.registry_client import RegistryClient
 from quaymirror.mirror.worker.runner import ActiveRun
-from quaymirror.mirror.worker.skopeo import GOGC, ProcessGroup
-from quaymirror.mirror.worker.sync import STOP_LOST
+from quaymirror.mirror.worker.skopeo import GOGC, ProcessGroup, StopReason
 from tests.harness.images import push_images
 from tests.worker.conftest import skopeo_calls, sync_once
 
@@ -101,26 +100,24 @@ def test_a_run_that_released_its_own_claim_has_not_lost_its_lease(database, mirr
     worker = make_worker()
     with database.transaction() as session:
         [candidate] = claims.due(session, utcnow(), 10)
-    claimed = claims.claim(database, candidate, worker.owner, 60)
-    assert claimed is not None
+    [claimed] = claims.claim_many(database, [candidate], worker.owner, 60)
 
     def keep(finishing: bool) -> ProcessGroup:
         group = ProcessGroup()
-        group.finishing = finishing
-        worker._runs[config_id] = ActiveRun(claimed, group, claimed.lease)
+        worker._runs[config_id] = ActiveRun(claimed, group, claimed.lease, finishing=finishing)
         try:
             worker._keep_once()
         finally:
             worker._runs.pop(config_id, None)
         return group
 
-    with database.transaction() as session:  # what the run's _finish commits
-        assert mstatus.release_outcome(session, claimed.lease, RepoMirrorStatus.SUCCESS) == RepoMirrorStatus.SUCCESS
-        history.finish_run(session, claimed.run_id, history.RUN_SUCCESS)
+    with database.transaction() as session:  # what the run's recorder commits as it finishes
+        assert mstatus.release(session, claimed.lease, RepoMirrorStatus.SUCCESS) == RepoMirrorStatus.SUCCESS
+        history.finish_run(session, claimed.run_id, RunStatus.SUCCESS)
     assert not keep(finishing=True).is_stopped
     assert "lease lost" not in caplog.text
     # The same row seen by a run that is not finishing: its lease is gone, and it stops.
-    assert keep(finishing=False).stopped == STOP_LOST
+    assert keep(finishing=False).stopped == StopReason.LEASE_LOST
     assert "lease lost" in caplog.text
     with database.transaction() as session:
         assert session.get(RepoMirrorConfig, config_id).sync_status == RepoMirrorStatus.SUCCESS

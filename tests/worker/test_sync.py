@@ -198,7 +198,7 @@ def test_prune_never_deletes_a_manifest_a_kept_tag_uses(registry, dest, dsetting
     assert dest.tags("org/lib") == {"a": upstream["a"]}
     assert "sha256:" + hashlib.sha256(dest.raw("org/lib", "a")).hexdigest() == upstream["a"]
 
-    # Nothing matches any more: still pruned (Quay bug #24), and the run is a SUCCESS.
+    # Nothing matches any more: still pruned (Quay returns early here and deletes nothing), and the run is a SUCCESS.
     with database.transaction() as session:
         session.get(RepoMirrorConfig, config_id).root_rule.rule_value = ["zzz*"]
     _sync_now(database, config_id)

@@ -1,4 +1,4 @@
-"""Pure functions of the worker: redaction (Quay §4.5 and more), failure reasons, tag rules, the schedule grid."""
+"""Pure functions of the worker: redaction (Quay's patterns and more), failure reasons, tag rules, the schedule grid."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from quaymirror.mirror.status import next_start
+from quaymirror.mirror.worker.policy import next_start
 from quaymirror.mirror.worker.reasons import classify, fatal_message
 from quaymirror.mirror.worker.redact import redact
-from quaymirror.mirror.worker.skopeo import proxy_env
+from quaymirror.mirror.worker.skopeo import Result, StopReason, proxy_env
 from quaymirror.mirror.worker.tags import filter_tags
 
 
@@ -70,8 +70,10 @@ def test_classify_from_skopeo_messages(message, reason):
 def test_classify_status_and_kills():
     assert classify(0, "") is None
     assert classify(None, "", timed_out=True) == "timeout"
-    assert classify(-9, "", cancelled=True) == "cancelled"
     assert classify(-9, _fatal("dial tcp: connect: connection refused")) == "unknown_error"
+    # A process we killed is classified by why we killed it, never by its output.
+    stopped = Result("copy", [], -9, "", _fatal("dial tcp: connect: connection refused"), stopped=StopReason.SHUTDOWN)
+    assert stopped.reason == "cancelled"
     assert fatal_message("no logrus here\nlast line\n") == "last line"
     assert fatal_message(_fatal('a "quoted" name')) == 'a "quoted" name'
 

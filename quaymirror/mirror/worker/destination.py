@@ -409,10 +409,11 @@ class RegistryRepository:
         return 0  # the registry's own garbage collector owns its storage
 
 
-Repository = OciRepository | RegistryRepository
+# Where one run's images land: one repository of the configured storage.
+Destination = OciRepository | RegistryRepository
 
 
-def open_repository(settings: Settings, namespace: str, name: str, files: RunFiles, skopeo: Skopeo) -> Repository:
+def open_repository(settings: Settings, namespace: str, name: str, files: RunFiles, skopeo: Skopeo) -> Destination:
     """The destination repository ``namespace/name`` in the storage the settings name (parsed once, there)."""
     storage = settings.storage
     if isinstance(storage, OciStorage):

@@ -3,8 +3,9 @@
 skopeo exits 1 on every failure and prints one logrus line,
 ``level=fatal msg="..."``; the message ends with the registry's or Go's error
 text, which is what we match, with patterns anchored on the exact phrases
-skopeo 1.9 / containers-image produce (see the registry-harness notes). A
-process we killed is classified by why we killed it, never by its output.
+skopeo 1.9 / containers-image produce against docker-registry (the worker's
+tests run them for real). A process we killed is classified by why we killed
+it, never by its output. :class:`RunFailed` carries a reason out of a run.
 """
 
 from __future__ import annotations
@@ -19,9 +20,6 @@ TIMEOUT = "timeout"
 CANCELLED = "cancelled"
 INVALID_SOURCE = "invalid_source"
 UNKNOWN_ERROR = "unknown_error"
-
-REASONS = (AUTH_FAILED, NOT_FOUND, TLS_ERROR, CONNECTION_ERROR, TIMEOUT, CANCELLED, INVALID_SOURCE,
-           UNKNOWN_ERROR)
 
 _FATAL_RE = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)"')
 
@@ -79,11 +77,8 @@ def fatal_message(stderr: str | None) -> str:
     return lines[-1] if lines else ""
 
 
-def classify(returncode: int | None, stderr: str | None, *, timed_out: bool = False,
-             cancelled: bool = False) -> str | None:
-    """The reason of a finished skopeo command; None when it succeeded."""
-    if cancelled:
-        return CANCELLED
+def classify(returncode: int | None, stderr: str | None, *, timed_out: bool = False) -> str | None:
+    """The reason of a finished skopeo command; None when it succeeded (a stopped one: ``Result.reason``)."""
     if timed_out:
         return TIMEOUT
     if returncode == 0:
@@ -95,3 +90,14 @@ def classify(returncode: int | None, stderr: str | None, *, timed_out: bool = Fa
         if any(p.search(message) for p in patterns):
             return reason
     return UNKNOWN_ERROR
+
+
+class RunFailed(Exception):
+    """The run cannot go on: it ends FAIL with this reason (and skopeo's output, when skopeo said why)."""
+
+    def __init__(self, reason: str, message: str, stdout: str | None = None, stderr: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.stdout = stdout
+        self.stderr = stderr

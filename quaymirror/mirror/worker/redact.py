@@ -1,4 +1,4 @@
-"""Redaction of skopeo output (Quay §4.5, plus a few more shapes) before it is logged or stored.
+"""Redaction of skopeo output (Quay's patterns, plus a few more shapes) before it is logged or stored.
 
 skopeo never prints the credentials it reads from an authfile, but its
 ``--debug`` output, proxies with userinfo and registry error bodies can carry

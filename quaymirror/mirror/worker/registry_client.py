@@ -39,6 +39,7 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from quaymirror.mirror.worker.policy import REUSED_CONNECTION_ATTEMPTS
 from quaymirror.security.outbound import OutboundRefused, Policy, connection
 
 INDEX_TYPES = frozenset({
@@ -134,7 +135,6 @@ class RegistryClient:
         self._open: list[http.client.HTTPConnection] = []
         self._ssl: ssl.SSLContext | None = None
         self.rate_limit_remaining: int | None = None
-        self.requests = 0  # requests sent (for tests and benchmarks)
 
     def close(self) -> None:
         """Close every kept-alive connection (of every thread)."""
@@ -222,7 +222,7 @@ class RegistryClient:
 
     def _exchange(self, key: Origin, method: str, path: str, headers: dict[str, str]) -> Response:
         """One request and its response on this thread's kept-alive connection to ``key``."""
-        for attempt in (1, 2):
+        for attempt in range(1, REUSED_CONNECTION_ATTEMPTS + 1):
             conn = self._pooled(key)
             reused = conn.sock is not None
             try:
@@ -237,16 +237,15 @@ class RegistryClient:
                         self._drop(key)
                 if resp.will_close:
                     self._drop(key)
-                self.requests += 1
                 self._note_rate_limit(resp.headers)
                 return Response(resp.status, resp.headers, body)
             except TimeoutError:
                 self._drop(key)
                 raise
             except (http.client.HTTPException, OSError):
-                # A kept-alive connection the server (or the network) closed meanwhile: once more on a new one.
+                # A kept-alive connection the server (or the network) closed meanwhile: again on a new one.
                 self._drop(key)
-                if not reused or attempt == 2:  # a fresh connection failed: a real error
+                if not reused or attempt == REUSED_CONNECTION_ATTEMPTS:  # a fresh connection failed: a real error
                     raise
             except BaseException:  # an SSRF refusal among them: never retried, never caught here
                 self._drop(key)

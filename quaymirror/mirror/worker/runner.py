@@ -9,7 +9,8 @@
   and a slot that frees up. A wake-up during a pass makes the pass run again.
 * A **keeper** thread looks at the running mirrors' rows every half second:
   a CANCEL (or a lease that is no longer ours) kills that run's skopeo
-  processes at once; the lease is renewed every third of its length. It also
+  processes at once; the lease is renewed every third of its length
+  (``policy.LeasePolicy``). It also
   beats the worker's heartbeat row every ``QUAYMIRROR_HEARTBEAT_SECONDS``
   (``quaymirror.mirror.heartbeat``), which the mirror health counts.
 * **Shutdown** (SIGTERM of ``quaymirror worker``, or the API process exiting)
@@ -31,34 +32,46 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import select
 
 from quaymirror import metrics
 from quaymirror.db import Database, utcnow
-from quaymirror.mirror import events, heartbeat, history, status
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror import events, heartbeat, status
+from quaymirror.mirror.models import RepoMirrorStatus, RunStatus
 from quaymirror.mirror.worker import claims
-from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles
-from quaymirror.mirror.worker.sync import STOP_CANCELLED, STOP_LOST, STOP_SHUTDOWN, SyncRun
+from quaymirror.mirror.worker.policy import FailureCooldown, LeasePolicy
+from quaymirror.mirror.worker.run import MirrorRun
+from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles, StopReason
 from quaymirror.settings import Settings
+
+if TYPE_CHECKING:  # the worker never imports the web layer; only the embedded start names its app
+    from flask import Flask
 
 log = logging.getLogger(__name__)
 
 JOB_ID = "quaymirror-mirror-pass"
-CANCEL_POLL_SECONDS = 0.5
 MAX_BATCH = 100
+# A pass reads and claims in rounds while slots stay free and candidates keep coming, at most this often.
+MAX_ROUNDS = 5
 SHUTDOWN_TIMEOUT = 10.0
 
 
 @dataclass
 class ActiveRun:
+    """A mirror running in this worker: its claim, its processes, its lease as last renewed."""
+
     claimed: claims.Claimed
     group: ProcessGroup
     lease: status.Lease
     renewed: float = field(default_factory=time.monotonic)
+    # Set by the run just before it releases its claim: from then on a lease that is gone was given up, not lost.
+    finishing: bool = False
+
+    def mark_finishing(self) -> None:
+        self.finishing = True
 
 
 class Worker:
@@ -80,15 +93,13 @@ class Worker:
         self._stopping = threading.Event()
         self._wake_pending = False
         self._in_pass = False
-        # A failed mirror waits ``retry_seconds`` before its next try here, instead of being retried by
-        # the wake-up its own end causes (which would burn all retries within a second).
-        self._retry_not_before: dict[int, float] = {}
+        self._cooldown = FailureCooldown(settings.retry_seconds)
+        self._lease = LeasePolicy(settings.lease_seconds)
         self._scheduler: BackgroundScheduler | None = None
         self._listener: events.PgListener | None = None
         self._keeper: threading.Thread | None = None
         self._started: datetime | None = None  # naive UTC, as the heartbeat row stores it
         self._registered = False  # the heartbeat row was written once: a later insert means it had been deleted
-        self.passes = 0
         self._woken: dict[int, float] = {}  # config id -> when its sync-now wake-up arrived (pick-up metric)
 
     # --------------------------------------------------------- lifecycle
@@ -140,7 +151,7 @@ class Worker:
         with self._lock:
             active = list(self._runs.values())
         for run in active:
-            run.group.stop(STOP_SHUTDOWN)
+            run.group.stop(StopReason.SHUTDOWN)
         if active:
             log.info("mirror worker %s: stopping %d running mirror(s)", self.owner, len(active))
         if not self.wait_idle(timeout):
@@ -167,11 +178,6 @@ class Worker:
                     return False
                 self._idle.wait(remaining)
         return True
-
-    @property
-    def running(self) -> list[int]:
-        with self._lock:
-            return list(self._runs)
 
     # ----------------------------------------------------------- wake-ups
     def _notified(self, config_id: int | None) -> None:
@@ -200,7 +206,7 @@ class Worker:
         except Exception:  # the scheduler is shutting down
             log.debug("could not reschedule the mirror pass", exc_info=True)
 
-    def _on_skipped(self, _event) -> None:
+    def _on_skipped(self, _event: object) -> None:
         # A wake-up hit the end of a running pass: try again a moment later.
         with self._lock:
             pending = self._wake_pending
@@ -226,51 +232,47 @@ class Worker:
     # ------------------------------------------------------------- a pass
     def run_pass(self) -> int:
         """Claim due mirrors for the free slots and start them; return how many were claimed."""
-        self.passes += 1
         claimed = 0
         left = 0  # due mirrors seen and not claimed (Quay's quay_repository_rows_unmirrored)
-        for _ in range(5):
+        for _ in range(MAX_ROUNDS):
             free = self._free_slots()
             if free <= 0 or self._stopping.is_set():
                 break
             limit = min(max(free * 4, 8), MAX_BATCH)
             with self.database.transaction() as session:
                 candidates = claims.due(session, utcnow(), limit)
-            before = claimed
-            pending = [c for c in candidates if c.config_id not in self._runs and not self._cooling_down(c)]
-            # As many claims as free slots in one transaction (one commit); again for the slots
-            # left by candidates another worker (or a user) changed meanwhile.
-            while pending and free > 0 and not self._stopping.is_set():
-                batch, pending = pending[:free], pending[free:]
-                with self._lock:
-                    self._claiming += 1  # wait_idle also waits for claims not launched yet
-                try:
-                    for got in claims.claim_many(self.database, batch, self.owner, self.settings.lease_seconds):
-                        self._launch(got)
-                        claimed += 1
-                        free -= 1
-                finally:
-                    with self._idle:
-                        self._claiming -= 1
-                        self._idle.notify_all()
-            left = len(candidates) - (claimed - before)
-            if len(candidates) < limit or free <= 0:
+            got = self._claim_and_launch(candidates, free)
+            claimed += got
+            left = len(candidates) - got
+            if len(candidates) < limit or got >= free:
                 break
         metrics.ROWS_UNMIRRORED.set(left)
         if self._scheduler is not None and self._free_slots() > 0:
             self._sleep_until_next_due()
         return claimed
 
-    def _cooling_down(self, candidate: claims.Candidate) -> bool:
-        if candidate.status == RepoMirrorStatus.SYNC_NOW:
-            return False  # a user asked: no waiting
-        until = self._retry_not_before.get(candidate.config_id)
-        if until is None:
-            return False
-        if time.monotonic() >= until:
-            self._retry_not_before.pop(candidate.config_id, None)
-            return False
-        return True
+    def _claim_and_launch(self, candidates: list[claims.Candidate], free: int) -> int:
+        """Claim up to ``free`` of the candidates and start their runs; how many were started.
+
+        As many claims as free slots in one transaction (one commit); again for the slots left by
+        candidates another worker (or a user) changed meanwhile.
+        """
+        pending = [c for c in candidates if c.config_id not in self._runs and not self._cooldown.holds(
+            c.config_id, sync_now=c.sync_status == RepoMirrorStatus.SYNC_NOW)]
+        launched = 0
+        while pending and launched < free and not self._stopping.is_set():
+            batch, pending = pending[:free - launched], pending[free - launched:]
+            with self._lock:
+                self._claiming += 1  # wait_idle also waits for claims not launched yet
+            try:
+                for got in claims.claim_many(self.database, batch, self.owner, self.settings.lease_seconds):
+                    self._launch(got)
+                    launched += 1
+            finally:
+                with self._idle:
+                    self._claiming -= 1
+                    self._idle.notify_all()
+        return launched
 
     def _sleep_until_next_due(self) -> None:
         """Bring the next pass forward to when a schedule or a lease falls due, if before the next poll."""
@@ -303,10 +305,11 @@ class Worker:
     def _execute(self, run: ActiveRun) -> None:
         try:
             if self._stopping.is_set():
-                run.group.stop(STOP_SHUTDOWN)
-            outcome = SyncRun(self.settings, self.database, run.claimed, run.group).execute()
-            if outcome == history.RUN_FAIL and self.settings.retry_seconds > 0:
-                self._retry_not_before[run.claimed.config_id] = time.monotonic() + self.settings.retry_seconds
+                run.group.stop(StopReason.SHUTDOWN)
+            outcome = MirrorRun(self.settings, self.database, run.claimed, run.group,
+                                finishing=run.mark_finishing).execute()
+            if outcome == RunStatus.FAIL:
+                self._cooldown.failed(run.claimed.config_id)
         except Exception:
             log.exception("mirror run %d crashed", run.claimed.run_id)
         finally:
@@ -318,7 +321,7 @@ class Worker:
     # ---------------------------------------------------- leases, cancel and heartbeat
     def _keep(self) -> None:
         """Lease checks every tick and heartbeats every interval, each woken at its own time."""
-        tick = min(CANCEL_POLL_SECONDS, self.settings.lease_seconds / 4)
+        tick = self._lease.tick
         every = self.settings.heartbeat_seconds
         next_check = time.monotonic() + tick
         next_beat = time.monotonic() + every
@@ -357,44 +360,40 @@ class Worker:
             active = [r for r in self._runs.values() if not r.group.is_stopped]
         if not active:
             return
-        C = RepoMirrorConfig
         with self.database.transaction() as session:
-            rows = {row.id: row for row in session.execute(
-                select(C.id, C.sync_status, C.lease_token).where(C.id.in_([r.claimed.config_id for r in active]))
-            )}
-        renew_after = self.settings.lease_seconds / 3
+            rows = status.leases(session, [r.claimed.config_id for r in active])
         for run in active:
-            if run.group.finishing:  # it may have released its claim since `active` was taken: nothing to keep
+            if run.finishing:  # it may have released its claim since `active` was taken: nothing to keep
                 continue
             row = rows.get(run.claimed.config_id)
-            if row is not None and row.lease_token == run.lease.token and row.sync_status == RepoMirrorStatus.CANCEL:
+            if row is not None and row.held_by(run.lease) and row.cancelled:
                 log.info("mirror config %d: cancelled; stopping its skopeo processes", run.claimed.config_id)
-                run.group.stop(STOP_CANCELLED)
-            elif row is None or row.lease_token != run.lease.token:
+                run.group.stop(StopReason.CANCELLED)
+            elif row is None or not row.held_by(run.lease):
                 log.warning("mirror config %d: lease lost; stopping the run", run.claimed.config_id)
-                run.group.stop(STOP_LOST)
-            elif time.monotonic() - run.renewed >= renew_after:
-                with self.database.transaction() as session:
-                    renewed = status.renew(session, run.lease, self.settings.lease_seconds)
-                if renewed is None:
-                    continue  # cancelled or lost meanwhile: the next tick tells which
-                run.lease = renewed
-                run.renewed = time.monotonic()
+                run.group.stop(StopReason.LEASE_LOST)
+            elif time.monotonic() - run.renewed >= self._lease.renew_after:
+                self._renew(run)
+
+    def _renew(self, run: ActiveRun) -> None:
+        with self.database.transaction() as session:
+            renewed = status.renew(session, run.lease, self.settings.lease_seconds)
+        if renewed is not None:  # else cancelled or lost meanwhile: the next tick tells which
+            run.lease = renewed
+            run.renewed = time.monotonic()
 
 
 # ------------------------------------------------------------- entry points
 _in_process: list[Worker] = []
 
 
-def start_in_process(app, settings: Settings) -> Worker:
+def start_in_process(app: Flask, settings: Settings) -> Worker:
     """The embedded worker of ``quaymirror serve``: shares the app's database; sync-now wakes it directly.
 
     Stopped by :func:`shutdown_in_process` (gunicorn's ``worker_exit`` hook), or at interpreter exit.
     """
     worker = Worker(settings, app.extensions.get("quaymirror.db"))
     worker.start()
-    app.extensions["quaymirror.worker"] = worker
-    app.extensions.setdefault("quaymirror.wakeups", []).append(worker.wake)
     _in_process.append(worker)
     atexit.register(worker.shutdown)
     return worker

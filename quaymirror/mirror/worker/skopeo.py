@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import enum
 import json
 import logging
 import os
@@ -42,6 +43,14 @@ GOGC = "400"
 PROXY_KEYS = (("http_proxy", "HTTP_PROXY"), ("https_proxy", "HTTPS_PROXY"), ("no_proxy", "NO_PROXY"))
 
 
+class StopReason(enum.StrEnum):
+    """Why a run's processes were stopped; also the history reason of a run interrupted that way."""
+
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease_lost"
+
+
 class Stopped(Exception):
     """The run was stopped (cancel, shutdown, lost lease) before this command could start."""
 
@@ -56,7 +65,7 @@ class Result:
     raw_stdout: bytes = field(default=b"", repr=False)
     duration: float = 0.0
     timed_out: bool = False
-    stopped: str | None = None  # why the run's processes were killed, when they were
+    stopped: StopReason | None = None  # why the run's processes were killed, when they were
 
     @property
     def ok(self) -> bool:
@@ -90,12 +99,10 @@ class ProcessGroup:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen[bytes]] = set()
-        self.stopped: str | None = None
-        # Set by the run just before it releases its claim: from then on a lease that is gone was given up, not lost.
-        self.finishing = False
+        self.stopped: StopReason | None = None
         self._event = threading.Event()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Kill every running process and refuse new ones; the first reason given wins."""
         with self._lock:
             if self.stopped is None:
@@ -106,6 +113,7 @@ class ProcessGroup:
             _kill_group(proc)
 
     def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds, or until the group is stopped (then True)."""
         return self._event.wait(timeout)
 
     @property

@@ -1,4 +1,4 @@
-"""Tag filtering: Quay's glob rule (§4.4), case-sensitive on every platform."""
+"""Tag filtering: Quay's rule, a list of globs of which any one matches, case-sensitive on every platform."""
 
 from __future__ import annotations
 
