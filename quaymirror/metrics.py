@@ -61,10 +61,6 @@ PICKUP = Histogram("quaymirror_mirror_pickup_seconds", "From a sync-now wake-up 
                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf")))
 TAGS = Counter("quaymirror_mirror_tags", "Tag results of sync runs", ["namespace", "outcome"])
 BYTES_COPIED = Counter("quaymirror_mirror_bytes_copied", "Bytes of images copied (where known)", ["namespace"])
-READ_CACHE = Counter("quaymirror_read_cache_lookups", "GET /mirror reads answered from the process's cache (hit) "
-                     "or by the database (miss)", ["outcome"])
-READ_CACHE_HIT = READ_CACHE.labels("hit")
-READ_CACHE_MISS = READ_CACHE.labels("miss")
 
 
 def quay_reason(reason: str | None) -> str:

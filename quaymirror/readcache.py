@@ -17,13 +17,20 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 from urllib.parse import quote
 
+from prometheus_client import Counter
 from sqlalchemy import Select, Text, func, select
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Dialect, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from quaymirror import metrics
+# The read cache's own metric (in the default registry, so /metrics shows it): kept here, beside the cache,
+# so this low layer needs nothing from the metrics module (which knows the mirror's models).
+READ_CACHE = Counter("quaymirror_read_cache_lookups", "GET /mirror reads answered from the process's cache (hit) "
+                     "or by the database (miss)", ["outcome"])
+READ_CACHE_HIT = READ_CACHE.labels("hit")
+READ_CACHE_MISS = READ_CACHE.labels("miss")
+
 
 R = TypeVar("R", bound=NamedTuple)
 T = TypeVar("T")
@@ -215,9 +222,9 @@ class ReadCache:
         version = self.version(engine, connection)
         kept = self._rows.get(key)
         if kept is not None and version is not None and kept.version == version:
-            metrics.READ_CACHE_HIT.inc()
+            READ_CACHE_HIT.inc()
             return cast("Kept[R]", kept)
-        metrics.READ_CACHE_MISS.inc()
+        READ_CACHE_MISS.inc()
         row = statement.first(engine, connection(), params)
         if row is None:
             return None
