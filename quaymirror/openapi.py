@@ -267,8 +267,9 @@ def _resource(app: Flask, endpoint: str) -> tuple[str, Mapping[str, Operation]]:
     return cls.__name__, operations_of(cls)
 
 
-def build_spec(app: Flask) -> dict[str, Any]:
-    """The OpenAPI document of every ``/api/v1`` route of ``app``."""
+def _new_spec() -> APISpec:
+    """The document's frame: its info, the error bodies, the security scheme, and how the fields of our
+    schemas read in JSON Schema."""
     plugin = MarshmallowPlugin(schema_name_resolver=_component_name)
     spec = APISpec(
         title=TITLE,
@@ -292,7 +293,12 @@ def build_spec(app: Flask) -> dict[str, Any]:
         "description": "Quay's OAuth access tokens (or the admin token), sent as 'Authorization: Bearer <token>'.",
         "flows": {"implicit": {"authorizationUrl": "/oauth/authorize", "scopes": SCOPE_DESCRIPTIONS}},
     })
+    return spec
 
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of every ``/api/v1`` route of ``app``."""
+    spec = _new_spec()
     paths: dict[str, dict[str, Any]] = {}
     path_params: dict[str, list[dict[str, Any]]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):

@@ -229,16 +229,19 @@ class OrganizationAccess:
         return self.is_admin
 
 
+def _sees_as_admin(session: Session, caller: Caller, org: User) -> bool:
+    """Quay's AdministerOrganizationPermission: an org admin whose token carries org:admin."""
+    return caller.has_scope(scopes.ORG_ADMIN) and is_namespace_admin(session, caller.user, org)
+
+
 def describe_organization(session: Session, caller: Caller, org: User) -> OrganizationAccess:
-    # Quay's AdministerOrganizationPermission: an org admin whose token carries org:admin.
-    namespace_admin = is_namespace_admin(session, caller.user, org)
-    is_admin = caller.has_scope(scopes.ORG_ADMIN) and namespace_admin
+    is_admin = _sees_as_admin(session, caller, org)
     return OrganizationAccess(
         name=org.username,
         email=(org.email or "") if is_admin else "",
         is_admin=is_admin,
         is_member=is_namespace_member(session, caller.user, org),
-        can_create_repo=namespace_admin and caller.has_scope(scopes.REPO_CREATE),
+        can_create_repo=is_namespace_admin(session, caller.user, org) and caller.has_scope(scopes.REPO_CREATE),
     )
 
 
@@ -279,14 +282,18 @@ def entities(session: Session, caller: Caller, prefix: str, namespace_name: str,
     namespace = robot_namespace(session, caller, get_by_name(session, namespace_name))
     org = namespace if namespace is not None and namespace.is_organization else None
     found: list[Entity] = []
-    if (org is not None and include_orgs and caller.has_scope(scopes.ORG_ADMIN)
-            and is_namespace_admin(session, caller.user, org) and org.username.startswith(prefix)):
+    if org is not None and include_orgs and _sees_as_admin(session, caller, org) and org.username.startswith(prefix):
         found.append(Entity(org.username, "org", Avatar(org.username, "org"), is_org_member=True))
-    members = set(organization_member_names(session, org)) if org is not None else set()
-    for user in search_entities(session, prefix, namespace):
-        found.append(Entity(
-            user.username, "user", Avatar(user.username, "robot" if user.is_robot else "user"),
-            is_robot=user.is_robot,
-            is_org_member=(user.is_robot or user.username in members) if org is not None else None,
-        ))
-    return found
+    members = set(organization_member_names(session, org)) if org is not None else None
+    return found + [_user_entity(user, members) for user in search_entities(session, prefix, namespace)]
+
+
+def _user_entity(user: User, org_members: set[str] | None) -> Entity:
+    return Entity(user.username, "user", Avatar(user.username, "robot" if user.is_robot else "user"),
+                  is_robot=user.is_robot, is_org_member=org_member(user, org_members))
+
+
+def org_member(user: User, org_members: set[str] | None) -> bool | None:
+    """Quay's ``is_org_member`` of a user or robot: None outside an organization (``org_members`` None);
+    inside, whether it is a member, robots always."""
+    return None if org_members is None else (user.is_robot or user.username in org_members)

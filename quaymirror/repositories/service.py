@@ -210,14 +210,14 @@ def _org_members(session: Session, repository: Repository) -> set[str] | None:
 
 
 def _entry(permission: RepositoryPermission, org_members: set[str] | None) -> PermissionEntry:
-    """``avatar`` only for people; ``is_org_member`` only in organizations, where robots always count."""
+    """``avatar`` only for people; ``is_org_member`` only in organizations."""
     user = permission.user
     return PermissionEntry(
         role=permission.role,
         name=user.username,
         is_robot=user.is_robot,
         avatar=None if user.is_robot else accounts.Avatar(user.username, "user"),
-        is_org_member=None if org_members is None else (user.is_robot or user.username in org_members),
+        is_org_member=accounts.org_member(user, org_members),
     )
 
 
