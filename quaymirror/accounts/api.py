@@ -81,18 +81,21 @@ def _robot_namespace(orgname: str | None) -> User:
     return namespace
 
 
-_ROBOT = ("robot",)
+def _robot_operations(scope: str, suffix: str, *, get: str, put: str, delete: str) -> Mapping[str, Operation]:
+    """The three operations of a robot resource (an organization's robots, or the caller's own)."""
+    tags = ("robot",)
+    return {
+        "get": Operation(f"get{suffix}", get, scope, {200: RobotView}, tags=tags),
+        "put": Operation(f"create{suffix}", put, scope, {201: RobotView}, body=CreateRobot, body_optional=True,
+                         tags=tags),
+        "delete": Operation(f"delete{suffix}", delete, scope, {204: None}, tags=tags),
+    }
 
 
 class Robot(Resource):
-    openapi: ClassVar[Mapping[str, Operation]] = {
-        "get": Operation("getOrgRobot", "An organization's robot, token included.", scopes.ORG_ADMIN,
-                         {200: RobotView}, tags=_ROBOT),
-        "put": Operation("createOrgRobot", "Create an organization robot.", scopes.ORG_ADMIN, {201: RobotView},
-                         body=CreateRobot, body_optional=True, tags=_ROBOT),
-        "delete": Operation("deleteOrgRobot", "Delete an organization robot.", scopes.ORG_ADMIN, {204: None},
-                            tags=_ROBOT),
-    }
+    openapi: ClassVar[Mapping[str, Operation]] = _robot_operations(
+        scopes.ORG_ADMIN, "OrgRobot", get="An organization's robot, token included.",
+        put="Create an organization robot.", delete="Delete an organization robot.")
 
     def get(self, robot_shortname: str, orgname: str | None = None) -> dict[str, Any]:
         namespace = _robot_namespace(orgname)
@@ -119,14 +122,9 @@ class Robot(Resource):
 
 
 class UserRobot(Robot):
-    openapi: ClassVar[Mapping[str, Operation]] = {
-        "get": Operation("getUserRobot", "One of the caller's robots, token included.", scopes.USER_ADMIN,
-                         {200: RobotView}, tags=_ROBOT),
-        "put": Operation("createUserRobot", "Create a robot of the caller.", scopes.USER_ADMIN, {201: RobotView},
-                         body=CreateRobot, body_optional=True, tags=_ROBOT),
-        "delete": Operation("deleteUserRobot", "Delete one of the caller's robots.", scopes.USER_ADMIN,
-                            {204: None}, tags=_ROBOT),
-    }
+    openapi: ClassVar[Mapping[str, Operation]] = _robot_operations(
+        scopes.USER_ADMIN, "UserRobot", get="One of the caller's robots, token included.",
+        put="Create a robot of the caller.", delete="Delete one of the caller's robots.")
 
 
 class Entities(Resource):

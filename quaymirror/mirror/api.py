@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from flask import Response, current_app
 from flask_restful import Api, Resource
+from marshmallow import Schema
 from sqlalchemy.orm import aliased
 
 from quaymirror import web
@@ -121,6 +122,18 @@ def _actor(access: web.RepoAccess) -> service.Actor:
     return service.Actor(access.performer, web.client_ip())
 
 
+def _save(namespace: str, repository: str, schema: Schema, save: Callable[..., object]) -> tuple[str, int]:
+    """POST and PUT: the caller, the body, the repository, then the service's write (Quay answers 201 to
+    both)."""
+    access = _authorize(namespace, repository)
+    data = web.load(schema)
+    repo = access.require()
+    session = web.session()
+    with web.atomic(session):
+        save(session, repo, data, box=web.secrets(), settings=web.settings(), actor=_actor(access))
+    return "", 201
+
+
 def _act(namespace: str, repository: str, action: Callable[..., None]) -> tuple[str, int]:
     """A change without a body (delete, sync-now, cancel): the caller, the repository, then the action."""
     access = _authorize(namespace, repository)
@@ -151,45 +164,38 @@ class RepositoryMirror(Resource):
         return Response(_view(namespace, repository), 200, mimetype="application/json")
 
     def post(self, namespace: str, repository: str) -> tuple[str, int]:
-        access = _authorize(namespace, repository)
-        data = web.load(CreateMirrorConfig())
-        repo = access.require()
-        session = web.session()
-        with web.atomic(session):
-            service.create(session, repo, data, box=web.secrets(), settings=web.settings(), actor=_actor(access))
-        return "", 201
+        return _save(namespace, repository, CreateMirrorConfig(), service.create)
 
     def put(self, namespace: str, repository: str) -> tuple[str, int]:
-        access = _authorize(namespace, repository)
-        data = web.load(UpdateMirrorConfig())
-        repo = access.require()
-        session = web.session()
-        with web.atomic(session):
-            service.update(session, repo, data, box=web.secrets(), settings=web.settings(), actor=_actor(access))
-        return "", 201
+        return _save(namespace, repository, UpdateMirrorConfig(), service.update)
 
     def delete(self, namespace: str, repository: str) -> tuple[str, int]:
         return _act(namespace, repository, service.delete)
 
 
-class RepositoryMirrorSyncNow(Resource):
+class _StatusChange(Resource):
+    """A POST that changes the sync status (``action``, a service function), without a body."""
+
+    action: ClassVar[Callable[..., None]]
+
+    def post(self, namespace: str, repository: str) -> tuple[str, int]:
+        return _act(namespace, repository, type(self).action)
+
+
+class RepositoryMirrorSyncNow(_StatusChange):
+    action = staticmethod(service.sync_now)
     openapi: ClassVar[Mapping[str, Operation]] = {
         "post": Operation("syncNow", "Sync the mirror as soon as possible.", scopes.REPO_ADMIN, {204: None},
                           tags=_MIRROR),
     }
 
-    def post(self, namespace: str, repository: str) -> tuple[str, int]:
-        return _act(namespace, repository, service.sync_now)
 
-
-class RepositoryMirrorSyncCancel(Resource):
+class RepositoryMirrorSyncCancel(_StatusChange):
+    action = staticmethod(service.sync_cancel)
     openapi: ClassVar[Mapping[str, Operation]] = {
         "post": Operation("syncCancel", "Cancel the running or pending sync.", scopes.REPO_ADMIN, {204: None},
                           tags=_MIRROR),
     }
-
-    def post(self, namespace: str, repository: str) -> tuple[str, int]:
-        return _act(namespace, repository, service.sync_cancel)
 
 
 def register(api: Api) -> None:
