@@ -1,47 +1,43 @@
 """The OpenAPI 3 description of every ``/api/v1`` route, served at ``GET /api/v1/discovery`` as Quay does.
 
 The paths come from the Flask url_map, so a route cannot be forgotten: a route
-this module knows nothing about is still described (its path parameters, its
-methods, every error shape), only with a generic operationId and a free-form
-success body. Path parameters take their type and bounds from the route's
-converter. Request bodies, query arguments and the mirror view come from the
-marshmallow schemas through apispec's MarshmallowPlugin; the other answers are
-JSON Schemas written here, next to the operation table that says which answers
-each operation gives and which OAuth scope it needs.
+nobody documented is still described (its path parameters, its methods, every
+error shape), only with a generic operationId and a free-form success body.
+Path parameters take their type and bounds from the route's converter. What
+each operation does, needs and answers is an :class:`Operation` kept on its
+Resource class (``openapi = {"get": Operation(...)}``), so renaming a class
+keeps its documentation. Request bodies, query arguments and answers are the
+marshmallow schemas the resources load and dump with, through apispec's
+MarshmallowPlugin; only the error bodies are JSON Schemas written here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from apispec.ext.marshmallow.common import resolve_schema_cls
 from flask import Flask, current_app
 from flask_restful import Api, Resource
-from marshmallow import Schema
+from marshmallow import Schema, fields
 from werkzeug.routing.converters import IntegerConverter, NumberConverter
 
 from quaymirror import web
-from quaymirror.accounts.api import EntitiesQuery
-from quaymirror.accounts.schemas import CreateOrganization, CreateRobot
 from quaymirror.auth import scopes
 from quaymirror.errors import ERROR_DESCRIPTIONS
-from quaymirror.mirror.health import HealthQuery
-from quaymirror.mirror.history_api import SyncListQuery
 from quaymirror.mirror.schemas import (
     RULE_KIND,
     RULE_PATTERN_MAX,
     RULE_PATTERNS_MAX,
     RULE_TYPE,
-    CreateMirrorConfig,
     RootRule,
-    UpdateMirrorConfig,
     ViewMirrorConfig,
 )
-from quaymirror.repositories.models import RepositoryState
-from quaymirror.repositories.schemas import ChangeState, CreateRepository, SetPermission
+from quaymirror.schemas import DateText, Int64, View
 
 PREFIX = "/api/v1"
 SECURITY_SCHEME = "oauth2_implicit"
@@ -63,11 +59,7 @@ SCOPE_DESCRIPTIONS = {
 
 _RULE_VARIABLE = re.compile(r"<(?:(?P<converter>[a-zA-Z_][a-zA-Z0-9_]*)(?:\([^>]*\))?:)?(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)>")
 
-_ROLE = {"type": "string", "enum": ["read", "write", "admin"]}
-_AVATAR = {"type": "object", "required": ["name", "kind"],
-           "properties": {"name": {"type": "string"}, "kind": {"type": "string"}}}
-
-# Plain JSON Schemas of the answers that no marshmallow schema describes.
+# The error bodies, which no resource dumps: errors.py writes them.
 COMPONENTS: dict[str, dict[str, Any]] = {
     "ApiError": {
         "type": "object",
@@ -96,193 +88,18 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "properties": {"message": {"type": "string"}},
         "additionalProperties": False,
     },
-    "User": {
-        "type": "object",
-        "required": ["anonymous", "username", "email", "verified", "kind", "super_user", "is_me", "organizations"],
-        "properties": {
-            "anonymous": {"type": "boolean"},
-            "username": {"type": "string"},
-            "email": {"type": "string", "nullable": True},
-            "verified": {"type": "boolean"},
-            "kind": {"type": "string"},
-            "super_user": {"type": "boolean"},
-            "is_me": {"type": "boolean"},
-            "organizations": {"type": "array", "items": {
-                "type": "object", "required": ["name", "kind"],
-                "properties": {"name": {"type": "string"}, "kind": {"type": "string"}}}},
-        },
-    },
-    "Organization": {
-        "type": "object",
-        "required": ["name", "email", "is_admin", "is_member", "is_org_admin", "can_create_repo"],
-        "properties": {
-            "name": {"type": "string"},
-            "email": {"type": "string"},
-            "is_admin": {"type": "boolean"},
-            "is_member": {"type": "boolean"},
-            "is_org_admin": {"type": "boolean"},
-            "can_create_repo": {"type": "boolean"},
-        },
-    },
-    "Robot": {
-        "type": "object",
-        "required": ["name", "created", "last_accessed", "description", "token", "unstructured_metadata"],
-        "properties": {
-            "name": {"type": "string"},
-            "created": {"type": "string"},
-            "last_accessed": {"type": "string", "nullable": True},
-            "description": {"type": "string", "nullable": True},
-            "token": {"type": "string", "nullable": True},
-            "unstructured_metadata": {"type": "object"},
-        },
-    },
-    "Entities": {
-        "type": "object",
-        "required": ["results"],
-        "properties": {"results": {"type": "array", "items": {
-            "type": "object",
-            "required": ["name", "kind"],
-            "properties": {
-                "name": {"type": "string"},
-                "kind": {"type": "string", "enum": ["user", "org"]},
-                "is_robot": {"type": "boolean"},
-                "is_org_member": {"type": "boolean"},
-                "avatar": _AVATAR,
-            },
-        }}},
-    },
-    "CreatedRepository": {
-        "type": "object",
-        "required": ["namespace", "name", "kind"],
-        "properties": {"namespace": {"type": "string"}, "name": {"type": "string"}, "kind": {"type": "string"}},
-    },
-    "Repository": {
-        "type": "object",
-        "required": ["namespace", "name", "kind", "description", "is_public", "is_organization", "is_starred",
-                     "state", "can_write", "can_admin", "status_token", "trust_enabled", "tag_expiration_s"],
-        "properties": {
-            "namespace": {"type": "string"},
-            "name": {"type": "string"},
-            "kind": {"type": "string"},
-            "description": {"type": "string", "nullable": True},
-            "is_public": {"type": "boolean"},
-            "is_organization": {"type": "boolean"},
-            "is_starred": {"type": "boolean"},
-            "state": {"type": "string", "enum": [s.name for s in RepositoryState]},
-            "can_write": {"type": "boolean"},
-            "can_admin": {"type": "boolean"},
-            "status_token": {"type": "string"},
-            "trust_enabled": {"type": "boolean"},
-            "tag_expiration_s": {"type": "integer"},
-        },
-    },
-    "Success": {
-        "type": "object",
-        "required": ["success"],
-        "properties": {"success": {"type": "boolean", "enum": [True]}},
-    },
-    "Permission": {
-        "type": "object",
-        "required": ["role", "name", "is_robot"],
-        "properties": {
-            "role": _ROLE,
-            "name": {"type": "string"},
-            "is_robot": {"type": "boolean"},
-            "avatar": _AVATAR,
-            "is_org_member": {"type": "boolean"},
-        },
-    },
-    "Permissions": {
-        "type": "object",
-        "required": ["permissions"],
-        "properties": {"permissions": {"type": "object",
-                                       "additionalProperties": {"$ref": "#/components/schemas/Permission"}}},
-    },
-    "SyncRun": {
-        "type": "object",
-        "required": ["id", "trigger", "status", "in_progress", "started", "finished", "duration_seconds",
-                     "reason", "message", "worker", "tags", "progress", "bytes"],
-        "properties": {
-            "id": {"type": "integer"},
-            "trigger": {"type": "string"},
-            "status": {"type": "string"},
-            "in_progress": {"type": "boolean"},
-            "started": {"type": "string", "nullable": True},
-            "finished": {"type": "string", "nullable": True},
-            "duration_seconds": {"type": "number", "nullable": True},
-            "reason": {"type": "string", "nullable": True},
-            "message": {"type": "string", "nullable": True},
-            "worker": {"type": "string", "nullable": True},
-            "tags": {"type": "object",
-                     "required": ["matched", "done", "copied", "skipped", "deleted", "failed"],
-                     "properties": {k: {"type": "integer", "nullable": True}
-                                    for k in ("matched", "done", "copied", "skipped", "deleted", "failed")}},
-            "progress": {"type": "object", "required": ["done", "total"],
-                         "properties": {"done": {"type": "integer", "nullable": True},
-                                        "total": {"type": "integer", "nullable": True}}},
-            "bytes": {"type": "integer", "nullable": True},
-        },
-    },
-    "SyncRunList": {
-        "type": "object",
-        "required": ["syncs", "page", "has_additional"],
-        "properties": {
-            "syncs": {"type": "array", "items": {"$ref": "#/components/schemas/SyncRun"}},
-            "page": {"type": "integer"},
-            "has_additional": {"type": "boolean"},
-        },
-    },
-    "SyncTagResult": {
-        "type": "object",
-        "required": ["tag", "digest", "outcome", "reason", "output", "bytes", "duration_ms", "finished"],
-        "properties": {
-            "tag": {"type": "string"},
-            "digest": {"type": "string", "nullable": True},
-            "outcome": {"type": "string"},
-            "reason": {"type": "string", "nullable": True},
-            "output": {"type": "string", "nullable": True},
-            "bytes": {"type": "integer", "nullable": True},
-            "duration_ms": {"type": "integer", "nullable": True},
-            "finished": {"type": "string", "nullable": True},
-        },
-    },
-    "SyncRunDetail": {
-        "allOf": [
-            {"$ref": "#/components/schemas/SyncRun"},
-            {"type": "object", "required": ["tag_results"],
-             "properties": {"tag_results": {"type": "array",
-                                            "items": {"$ref": "#/components/schemas/SyncTagResult"}}}},
-        ],
-    },
-    "MirrorHealth": {
-        "type": "object",
-        "required": ["healthy", "workers", "repositories", "tags_pending", "last_check", "issues"],
-        "properties": {
-            "healthy": {"type": "boolean"},
-            "workers": {"type": "object", "required": ["active", "configured", "status"],
-                        "properties": {"active": {"type": "integer"}, "configured": {"type": "integer"},
-                                       "status": {"type": "string", "enum": ["healthy", "degraded"]}}},
-            "repositories": {"type": "object"},
-            "tags_pending": {"type": "integer"},
-            "last_check": {"type": "string", "nullable": True},
-            "issues": {"type": "array"},
-        },
-    },
-    "Discovery": {
-        "type": "object",
-        "required": ["openapi", "info", "paths"],
-        "properties": {"openapi": {"type": "string"}, "info": {"type": "object"}, "paths": {"type": "object"}},
-    },
 }
 
-_STRING_BODY = {"type": "string", "description": "flask-restful's JSON rendering of Quay's plain string answer."}
+# The answer of Quay's endpoints that return a bare string ("Created", or "" with 201).
+PLAIN_STRING: Mapping[str, Any] = {
+    "type": "string", "description": "flask-restful's JSON rendering of Quay's plain string answer."}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _root_rule_property(self, field, **kwargs) -> dict[str, Any]:
+def _root_rule_property(self: Any, field: fields.Field, **kwargs: Any) -> dict[str, Any]:
     """``root_rule`` in both shapes RootRule accepts (MarshmallowPlugin would say "anything")."""
     if not isinstance(field, RootRule):
         return {}
@@ -300,6 +117,49 @@ def _root_rule_property(self, field, **kwargs) -> dict[str, Any]:
     }
 
 
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", dict: "object", list: "array"}
+
+
+def _constant_property(self: Any, field: fields.Field, ret: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """A constant of a view (``fields.Constant``) has the JSON type of its value."""
+    if not isinstance(field, fields.Constant) or "type" in ret:
+        return {}
+    json_type = _JSON_TYPES.get(type(field.constant))
+    return {"type": json_type} if json_type is not None else {}
+
+
+def _component_name(schema: type[Schema] | Schema) -> str:
+    """``UserView`` is documented as ``User``, ``CreateMirrorConfig`` as itself."""
+    resolved = resolve_schema_cls(schema)
+    name = (resolved[0] if isinstance(resolved, list) else resolved).__name__
+    for suffix in ("View", "Schema"):
+        if name.endswith(suffix) and name != suffix:
+            return name[: -len(suffix)]
+    return name
+
+
+Part = type[Schema] | str  # a schema, or the name of one of COMPONENTS
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """An answer that is one of several bodies (the health's 503: the health, or the database's ApiError)."""
+
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """An answer made of several views' keys together (one sync run with its tag results)."""
+
+    parts: tuple[Part, ...]
+
+
+# What an operation answers with a status: a view, an error component's name, a combination of them, an
+# inline JSON Schema, or None for no body.
+Body = type[Schema] | str | AnyOf | AllOf | Mapping[str, Any] | None
+
+
 @dataclass(frozen=True)
 class Operation:
     """What a route's method does, needs and answers (besides the errors every operation may answer)."""
@@ -307,93 +167,20 @@ class Operation:
     operation_id: str
     summary: str
     scope: str | None  # None: any valid token; "" : no authentication at all
-    responses: dict[int, Any]  # status -> component name, inline schema, or None (no body)
+    responses: Mapping[int, Body]
     body: type[Schema] | None = None
     body_optional: bool = False
-    query: type[web.Query] | None = None
+    query: type[Schema] | None = None
     tags: tuple[str, ...] = ()
     errors: tuple[int, ...] = ()  # errors besides 400/401/403/404/503, e.g. 409
 
 
-_BODY_ERRORS = (415,)
+def operations_of(resource: type) -> Mapping[str, Operation]:
+    """The operations a Resource class documents, by lower-case HTTP method (``openapi`` class attribute)."""
+    return getattr(resource, "openapi", {})
 
-# Keyed by (flask-restful Resource class name, HTTP method).
-OPERATIONS: dict[tuple[str, str], Operation] = {
-    ("Discovery", "GET"): Operation("discovery", "This OpenAPI document.", "", {200: "Discovery"},
-                                    tags=("discovery",)),
-    ("CurrentUser", "GET"): Operation("getLoggedInUser", "The user the token belongs to.", None,
-                                      {200: "User"}, tags=("user",)),
-    ("OrganizationList", "POST"): Operation("createOrganization", "Create an organization owned by the caller.",
-                                            scopes.USER_ADMIN, {201: _STRING_BODY}, body=CreateOrganization,
-                                            tags=("organization",)),
-    ("Organization", "GET"): Operation("getOrganization", "An organization.", None, {200: "Organization"},
-                                       tags=("organization",)),
-    ("Robot", "GET"): Operation("getOrgRobot", "An organization's robot, token included.", scopes.ORG_ADMIN,
-                                {200: "Robot"}, tags=("robot",)),
-    ("Robot", "PUT"): Operation("createOrgRobot", "Create an organization robot.", scopes.ORG_ADMIN,
-                                {201: "Robot"}, body=CreateRobot, body_optional=True, tags=("robot",)),
-    ("Robot", "DELETE"): Operation("deleteOrgRobot", "Delete an organization robot.", scopes.ORG_ADMIN,
-                                   {204: None}, tags=("robot",)),
-    ("UserRobot", "GET"): Operation("getUserRobot", "One of the caller's robots, token included.",
-                                    scopes.USER_ADMIN, {200: "Robot"}, tags=("robot",)),
-    ("UserRobot", "PUT"): Operation("createUserRobot", "Create a robot of the caller.", scopes.USER_ADMIN,
-                                    {201: "Robot"}, body=CreateRobot, body_optional=True, tags=("robot",)),
-    ("UserRobot", "DELETE"): Operation("deleteUserRobot", "Delete one of the caller's robots.", scopes.USER_ADMIN,
-                                       {204: None}, tags=("robot",)),
-    ("Entities", "GET"): Operation(
-        "getMatchingEntities", "Users (and a namespace's robots) whose name starts with the prefix.", None,
-        {200: "Entities"}, tags=("entities",), query=EntitiesQuery),
-    ("RepositoryList", "POST"): Operation("createRepo", "Create a repository.", scopes.REPO_CREATE,
-                                          {201: "CreatedRepository"}, body=CreateRepository,
-                                          tags=("repository",)),
-    ("RepositoryResource", "GET"): Operation("getRepo", "A repository.", scopes.REPO_READ, {200: "Repository"},
-                                             tags=("repository",)),
-    ("RepositoryResource", "DELETE"): Operation("deleteRepository", "Delete a repository.", scopes.REPO_ADMIN,
-                                                {204: None}, tags=("repository",)),
-    ("ChangeStateResource", "PUT"): Operation("changeRepoState", "Change a repository's state.",
-                                              scopes.REPO_ADMIN, {200: "Success"}, body=ChangeState,
-                                              tags=("repository",)),
-    ("UserPermissions", "GET"): Operation("listRepoUserPermissions", "The users' roles on a repository.",
-                                          scopes.REPO_ADMIN, {200: "Permissions"}, tags=("permission",)),
-    ("TeamPermissions", "GET"): Operation("listRepoTeamPermissions", "The teams' roles on a repository (none).",
-                                          scopes.REPO_ADMIN, {200: "Permissions"}, tags=("permission",)),
-    ("UserPermission", "GET"): Operation("getUserPermissions", "A user's role on a repository.",
-                                         scopes.REPO_ADMIN, {200: "Permission"}, tags=("permission",)),
-    ("UserPermission", "PUT"): Operation("changeUserPermissions", "Set a user's role on a repository.",
-                                         scopes.REPO_ADMIN, {200: "Permission"}, body=SetPermission,
-                                         tags=("permission",)),
-    ("UserPermission", "DELETE"): Operation("deleteUserPermissions", "Remove a user's role on a repository.",
-                                            scopes.REPO_ADMIN, {204: None}, tags=("permission",)),
-    ("RepositoryMirror", "GET"): Operation("getRepoMirrorConfig", "The repository's mirror configuration.",
-                                           scopes.REPO_ADMIN, {200: ViewMirrorConfig}, tags=("mirror",)),
-    ("RepositoryMirror", "POST"): Operation("createRepoMirrorConfig", "Create the mirror configuration.",
-                                            scopes.REPO_ADMIN, {201: _STRING_BODY}, body=CreateMirrorConfig,
-                                            tags=("mirror",), errors=(409,)),
-    ("RepositoryMirror", "PUT"): Operation("changeRepoMirrorConfig", "Change the mirror configuration.",
-                                           scopes.REPO_ADMIN, {201: _STRING_BODY}, body=UpdateMirrorConfig,
-                                           tags=("mirror",)),
-    ("RepositoryMirror", "DELETE"): Operation("deleteRepoMirrorConfig", "Delete the mirror configuration.",
-                                              scopes.REPO_ADMIN, {204: None}, tags=("mirror",)),
-    ("RepositoryMirrorSyncNow", "POST"): Operation("syncNow", "Sync the mirror as soon as possible.",
-                                                   scopes.REPO_ADMIN, {204: None}, tags=("mirror",)),
-    ("RepositoryMirrorSyncCancel", "POST"): Operation("syncCancel", "Cancel the running or pending sync.",
-                                                      scopes.REPO_ADMIN, {204: None}, tags=("mirror",)),
-    ("MirrorSyncs", "GET"): Operation(
-        "listRepoMirrorSyncs", "The mirror's sync runs, newest first.", scopes.REPO_ADMIN, {200: "SyncRunList"},
-        tags=("mirror",), query=SyncListQuery),
-    ("RepositoryMirrorHealth", "GET"): Operation(
-        "getRepoMirrorHealth", "Mirror health: workers, repositories, pending tags (503 when degraded).", None,
-        {200: "MirrorHealth", 503: {"anyOf": [_ref("MirrorHealth"), _ref("ApiError")]}}, tags=("mirror",),
-        query=HealthQuery),
-    ("SuperuserMirrorHealth", "GET"): Operation(
-        "getSuperuserMirrorHealth",
-        "Mirror health of every namespace for any superuser (super:user scope; full access not needed): "
-        "the summary without per-repository issues or details (503 when degraded).",
-        scopes.SUPERUSER, {200: "MirrorHealth", 503: {"anyOf": [_ref("MirrorHealth"), _ref("ApiError")]}},
-        tags=("superuser", "mirror")),
-    ("MirrorSync", "GET"): Operation("getRepoMirrorSync", "One sync run with its per-tag results.",
-                                     scopes.REPO_ADMIN, {200: "SyncRunDetail"}, tags=("mirror",)),
-}
+
+_BODY_ERRORS = (415,)
 
 _ERROR_DESCRIPTIONS = {
     400: "Invalid request (ApiError), or Quay's {\"detail\"} / {\"message\"} answers.",
@@ -440,37 +227,50 @@ def _openapi_path(app: Flask, rule: str) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _generic(resource: str, method: str) -> Operation:
-    """A route the table does not know: still described, with what every route may answer."""
+    """A route nobody documented: still described, with what every route may answer."""
     return Operation(f"{method.lower()}{resource}", f"{method} {resource}", None,
                      {200: {"description": "Undocumented body."}}, body_optional=True)
 
 
-def _response(spec: APISpec, status: int, body: Any) -> dict[str, Any]:
+def _part(part: Part) -> Any:
+    return _ref(part) if isinstance(part, str) else part
+
+
+def _schema(body: Body) -> Any:
+    """The body's schema for apispec: views stay classes (MarshmallowPlugin turns them into references)."""
+    if isinstance(body, str):
+        return _ref(body)
+    if isinstance(body, AnyOf):
+        return {"anyOf": [_part(part) for part in body.parts]}
+    if isinstance(body, AllOf):
+        return {"allOf": [_part(part) for part in body.parts]}
+    if isinstance(body, Mapping):
+        return dict(body)  # a copy: apispec resolves schemas in place
+    return body
+
+
+def _response(status: int, body: Body) -> dict[str, Any]:
     if body is None:
         return {"description": "No content."}
-    if isinstance(body, str):
-        schema: Any = _ref(body)
-    elif status >= 400:
-        return {"description": _ERROR_DESCRIPTIONS.get(status, "Error."),
-                "content": {"application/json": {"schema": body}}}
-    elif isinstance(body, type) and issubclass(body, Schema):
-        schema = body
-    elif "description" in body and "type" not in body:
+    if isinstance(body, Mapping) and "description" in body and "type" not in body:
         return {"description": body["description"], "content": {"application/json": {"schema": {}}}}
-    else:
-        schema = body
-    return {"description": "Success.", "content": {"application/json": {"schema": schema}}}
+    description = _ERROR_DESCRIPTIONS.get(status, "Error.") if status >= 400 else "Success."
+    return {"description": description, "content": {"application/json": {"schema": _schema(body)}}}
 
 
-def _resource_name(app: Flask, endpoint: str) -> str:
+def _resource(app: Flask, endpoint: str) -> tuple[str, Mapping[str, Operation]]:
+    """The name of the Resource class serving ``endpoint`` and the operations it documents."""
     view = app.view_functions.get(endpoint)
     cls = getattr(view, "view_class", None)
-    return cls.__name__ if cls is not None else endpoint
+    if cls is None:
+        return endpoint, {}
+    return cls.__name__, operations_of(cls)
 
 
-def build_spec(app: Flask) -> dict[str, Any]:
-    """The OpenAPI document of every ``/api/v1`` route of ``app``."""
-    plugin = MarshmallowPlugin()
+def _new_spec() -> APISpec:
+    """The document's frame: its info, the error bodies, the security scheme, and how the fields of our
+    schemas read in JSON Schema."""
+    plugin = MarshmallowPlugin(schema_name_resolver=_component_name)
     spec = APISpec(
         title=TITLE,
         version=VERSION,
@@ -480,19 +280,25 @@ def build_spec(app: Flask) -> dict[str, Any]:
                              "a bearer token (an OAuth access token or the admin token); the scope each "
                              "operation needs is in its security requirement and in x-scope."},
     )
+    assert plugin.converter is not None  # set by APISpec(plugins=...)
     plugin.converter.add_attribute_function(_root_rule_property)
-    plugin.map_to_openapi_type(web.Int64, "integer", "int64")
+    plugin.converter.add_attribute_function(_constant_property)
+    plugin.map_to_openapi_type(Int64, "integer", "int64")
+    plugin.map_to_openapi_type(DateText, "string", None)
     for name, schema in COMPONENTS.items():
         spec.components.schema(name, schema)
-    spec.components.schema("MirrorConfig", schema=ViewMirrorConfig)
-    spec.components.schema("CreateMirrorConfig", schema=CreateMirrorConfig)
-    spec.components.schema("UpdateMirrorConfig", schema=UpdateMirrorConfig)
+    spec.components.schema("MirrorConfig", schema=ViewMirrorConfig)  # Quay's name for the GET body
     spec.components.security_scheme(SECURITY_SCHEME, {
         "type": "oauth2",
         "description": "Quay's OAuth access tokens (or the admin token), sent as 'Authorization: Bearer <token>'.",
         "flows": {"implicit": {"authorizationUrl": "/oauth/authorize", "scopes": SCOPE_DESCRIPTIONS}},
     })
+    return spec
 
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of every ``/api/v1`` route of ``app``."""
+    spec = _new_spec()
     paths: dict[str, dict[str, Any]] = {}
     path_params: dict[str, list[dict[str, Any]]] = {}
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
@@ -500,14 +306,13 @@ def build_spec(app: Flask) -> dict[str, Any]:
             continue
         path, params = _openapi_path(app, rule.rule)
         path_params[path] = params
-        resource = _resource_name(app, rule.endpoint)
+        name, documented = _resource(app, rule.endpoint)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            op = OPERATIONS.get((resource, method)) or _generic(resource, method)
-            paths.setdefault(path, {})[method.lower()] = _operation(spec, op)
+            op = documented.get(method.lower()) or _generic(name, method)
+            paths.setdefault(path, {})[method.lower()] = _operation(op)
 
     for path, operations in paths.items():
-        spec.path(path=path, operations=operations,
-                  parameters=path_params[path] or None)  # type: ignore[arg-type]
+        spec.path(path=path, operations=operations, parameters=path_params[path] or None)
     document = spec.to_dict()
     for path_item in document["paths"].values():
         if not path_item.get("parameters"):
@@ -515,8 +320,8 @@ def build_spec(app: Flask) -> dict[str, Any]:
     return document
 
 
-def _operation(spec: APISpec, op: Operation) -> dict[str, Any]:
-    responses: dict[str, Any] = {str(status): _response(spec, status, body) for status, body in op.responses.items()}
+def _operation(op: Operation) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(status): _response(status, body) for status, body in op.responses.items()}
     error_statuses = [400, 404, 503, *op.errors]
     if op.scope != "":
         error_statuses += [401, 403]
@@ -559,9 +364,22 @@ def document(app: Flask | None = None) -> dict[str, Any]:
     return cached
 
 
+class DiscoveryView(View):
+    """This document's top level, as far as a client relies on it."""
+
+    openapi = fields.String(required=True)
+    info = fields.Dict(required=True)
+    paths = fields.Dict(required=True)
+
+
 class Discovery(Resource):
-    def get(self):
-        """No authentication, as Quay's discovery."""
+    openapi: ClassVar[Mapping[str, Operation]] = {
+        "get": Operation("discovery", "This OpenAPI document.", "", {200: DiscoveryView}, tags=("discovery",)),
+    }
+
+    def get(self) -> dict[str, Any]:
+        """No authentication, as Quay's discovery. The document itself, not a dump: it has more keys than
+        the view describes."""
         return document()
 
 

@@ -1,29 +1,46 @@
 """Request plumbing shared by every domain's resources: the session and the read connection (both closed at
-teardown, see ``init_app``), the caller, the body, the query string and the integers of paths."""
+teardown), the caller and their access to a repository, the body and the query string, the screen every
+request passes, and the integers of paths."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar, Literal, overload
+from dataclasses import dataclass
+from typing import Any, Literal, overload
+from urllib.parse import unquote
 
 from authlib.integrations.flask_oauth2 import ResourceProtector
-from flask import Flask, current_app, g, request
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing, validate
-from sqlalchemy.exc import SQLAlchemyError
+from flask import Flask, Response, current_app, g, request
+from marshmallow import Schema, ValidationError
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import PoolProxiedConnection
-from werkzeug.routing import IntegerConverter, Map
+from werkzeug.routing import IntegerConverter, Map, RequestRedirect
 
+from quaymirror import errors
+from quaymirror.accounts.models import User
+from quaymirror.auth.permissions import access_params, access_query, decide_repo_role
 from quaymirror.auth.tokens import Caller, current_caller
 from quaymirror.db import Database
-from quaymirror.errors import InvalidRequest
+from quaymirror.errors import AuthenticationRequired, Forbidden, InvalidRequest
 from quaymirror.readcache import Kept, Prepared, R, raw_connection
+from quaymirror.repositories import service as repositories
+from quaymirror.repositories.models import ROLES, Repository
+from quaymirror.schemas import INT64_MAX, Query
 from quaymirror.security.secrets import SecretBox
 from quaymirror.settings import Settings
 
 log = logging.getLogger(__name__)
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "DELETE, GET, HEAD, OPTIONS, POST, PUT",
+    "Access-Control-Max-Age": "21600",
+    "Access-Control-Allow-Headers": "AUTHORIZATION, CONTENT-TYPE, X-REQUESTED-WITH",
+}
 
 
 def settings() -> Settings:
@@ -35,6 +52,7 @@ def database() -> Database:
 
 
 def secret_box() -> SecretBox:
+    """The instance's key, which encrypts the credentials and robot tokens at rest."""
     return current_app.extensions["quaymirror.secrets"]
 
 
@@ -71,22 +89,6 @@ def read_first(statement: Prepared[R], params: dict[str, Any]) -> Kept[R] | None
     return Kept(row) if row is not None else None
 
 
-def _close(_exc: BaseException | None) -> None:
-    """Give back what :func:`session` and :func:`_read_connection` opened for the request."""
-    for key in ("db_session", "db_read"):
-        opened = g.pop(key, None)
-        if opened is not None:
-            try:
-                opened.close()
-            except SQLAlchemyError:  # the connection died with the database; nothing to release
-                log.debug("closing a %s whose connection is gone", key, exc_info=True)
-
-
-def init_app(app: Flask) -> None:
-    """What the request plumbing needs of the app: closing, at teardown, what it opened."""
-    app.teardown_appcontext(_close)
-
-
 @overload
 def caller(required: Literal[True] = ...) -> Caller: ...
 
@@ -116,6 +118,98 @@ def atomic(db_session: Session) -> Iterator[Session]:
         raise
 
 
+# ------------------------------------------------------------------ the caller's access to a repository
+_ACCESS = access_query()
+
+
+@dataclass(frozen=True)
+class RepoAccess:
+    """What one query says about the caller and one repository: the namespace and the repository (either may
+    be missing), the caller's role in the namespace's organization and their direct permission."""
+
+    caller: Caller | None
+    namespace: User | None
+    repository: Repository | None
+    org_role: str | None
+    permission_role: str | None
+    superuser_full_access: bool
+
+    def check(self, role: str, *, public_read: bool) -> None:
+        """Quay's rule: 401 anonymous, 403 without ``role`` (a missing namespace looks forbidden too)."""
+        namespace, repository = self.namespace, self.repository
+        decide_repo_role(self.caller, role, namespace_id=namespace.id if namespace is not None else None,
+                         namespace_is_org=namespace is not None and namespace.is_organization,
+                         repository_visibility=repository.visibility if repository is not None else None,
+                         org_role=self.org_role, permission_role=self.permission_role,
+                         superuser_full_access=self.superuser_full_access, public_read=public_read)
+
+    def holds(self, role: str) -> bool:
+        """Whether the caller has ``role`` themselves (a public repository's visibility gives no role)."""
+        try:
+            self.check(role, public_read=False)
+        except (AuthenticationRequired, Forbidden):
+            return False
+        return True
+
+    @property
+    def role(self) -> str | None:
+        """The caller's highest role on the repository, by the same rule as the check."""
+        return next((role for role in reversed(ROLES) if self.holds(role)), None)
+
+    @property
+    def performer(self) -> User | None:
+        """Who acts, for the audit log."""
+        return self.caller.user if self.caller is not None else None
+
+    def require(self) -> Repository:
+        """The repository, or 404: asked after the body was read, so Quay's order holds (auth, body, 404)."""
+        return repositories.require(self.repository)
+
+
+def authorize_repo(namespace: str, repository: str, role: str, *, public_read: bool = True) -> RepoAccess:
+    """The one way a repository's resource starts: the caller's ``role`` on ``namespace/repository`` in one
+    query (401/403 here), as Quay checks it before anything else. Then the resource reads its body, and
+    ``.require()`` answers 404 for a repository that does not exist.
+
+    ``public_read``: ``read`` on a public repository passes for anyone (Quay's repository GET); the mirror
+    endpoints never read publicly.
+    """
+    who = caller(required=False)
+    row = session().execute(_ACCESS, access_params(who, namespace, repository)).first()
+    ns, repo, org_role, permission_role = row if row is not None else (None, None, None, None)
+    if repo is not None:
+        set_committed_value(repo, "namespace", ns)  # the row has it: no lazy load later
+    access = RepoAccess(who, ns, repo, org_role, permission_role, settings().superusers_full_access)
+    access.check(role, public_read=public_read)
+    return access
+
+
+# ------------------------------------------------------------------ bodies and query strings
+def refuse_unstorable(text: str) -> None:
+    """Refuse text no database can store: NUL characters (PostgreSQL cannot store or even compare them) and
+    lone surrogates such as ``"\\ud800"`` (not UTF-8). One check for paths, query strings and bodies."""
+    if "\x00" in text:
+        raise InvalidRequest("The request contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest("The request contains an invalid Unicode character") from None
+
+
+def _refuse_unstorable_in(data: Any) -> None:
+    """``refuse_unstorable`` on every key and string of a parsed JSON body."""
+    pending = [data]
+    while pending:  # iterative: the body may be nested as deep as the JSON parser allows
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, str):
+            refuse_unstorable(item)
+
+
 def first_error(messages: Any, path: str = "") -> str:
     """One readable line naming the first invalid field, from marshmallow's nested messages."""
     if isinstance(messages, dict):
@@ -129,25 +223,6 @@ def first_error(messages: Any, path: str = "") -> str:
     return f"{path}: {messages}" if path else str(messages)
 
 
-def _check_strings(data: Any) -> None:
-    """Refuse strings no database can store: NUL characters and lone surrogates (``"\\ud800"``)."""
-    pending = [data]
-    while pending:  # iterative: the body may be nested as deep as the JSON parser allows
-        item = pending.pop()
-        if isinstance(item, dict):
-            pending.extend(item.keys())
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, str):
-            if "\x00" in item:
-                raise InvalidRequest("The request contains a NUL character")
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidRequest("The request contains an invalid Unicode character") from None
-
-
 def json_body() -> Any:
     """The parsed JSON body; malformed JSON and wrong content types answer as Quay (400 / 415)."""
     try:
@@ -156,7 +231,7 @@ def json_body() -> Any:
         raise InvalidRequest("The JSON body is nested too deeply") from None
     if data is None:
         raise InvalidRequest("Missing JSON body")
-    _check_strings(data)
+    _refuse_unstorable_in(data)
     return data
 
 
@@ -167,22 +242,20 @@ def _validated(schema: Schema, payload: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidRequest(first_error(error.messages)) from None
 
 
-def load(schema: Schema, data: Any = None) -> dict[str, Any]:
-    """Validate ``data`` (default: the JSON body) with ``schema``; a violation is a 400 naming the field."""
-    payload = json_body() if data is None else data
+def load(schema: Schema) -> dict[str, Any]:
+    """The JSON body validated with ``schema``; a violation is a 400 naming the field."""
+    payload = json_body()
     if not isinstance(payload, dict):
         raise InvalidRequest(f"Request body must be a JSON object, not {type(payload).__name__}")
     return _validated(schema, payload)
 
 
-# ------------------------------------------------------------------ integers of paths and query strings
-# The signed 64-bit range: SQLite's INTEGER and PostgreSQL's bigint. Neither database stores a value outside
-# it, PostgreSQL refuses one as an OFFSET and SQLite's driver cannot even bind one (OverflowError, a 500), so
-# every integer a request carries is checked against it before any query sees it.
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+def query(schema: Query) -> dict[str, Any]:
+    """The request's query string loaded with ``schema``; a bad argument is a 400 naming it, as ``load``."""
+    return _validated(schema, request.args)
 
 
+# ------------------------------------------------------------------ integers of paths
 class IdConverter(IntegerConverter):
     """``<id:name>``: a row id in a path, 0 to 2^63-1 in ASCII digits.
 
@@ -198,62 +271,44 @@ class IdConverter(IntegerConverter):
         super().__init__(url_map, min=self.minimum, max=self.maximum)
 
 
-class Query(Schema):
-    """Base of the schemas of query strings: arguments nobody asked for are ignored, as Quay does."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-
-class Int64(fields.Integer):
-    """An integer query argument, never outside ``minimum``..``maximum`` (at most the signed 64-bit range).
-
-    With ``empty_is_missing``, ``?page=`` means the default (as the history endpoints always read it).
-    """
-
-    default_error_messages: ClassVar[dict[str, str]] = {
-        "invalid": "must be an integer",
-        "range": "must be between {min} and {max}",
-    }
-
-    def __init__(self, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX, empty_is_missing: bool = False,
-                 **kwargs: Any) -> None:
-        if not INT64_MIN <= minimum <= maximum <= INT64_MAX:
-            raise ValueError(f"bounds {minimum}..{maximum} leave the signed 64-bit range")
-        super().__init__(**kwargs)
-        self.empty_is_missing = empty_is_missing
-        self.validators.append(validate.Range(min=minimum, max=maximum, error=self.error_messages["range"]))
-
-    def deserialize(self, value: Any, attr: str | None = None, data: Mapping[str, Any] | None = None,
-                    **kwargs: Any) -> Any:
-        if self.empty_is_missing and value == "":
-            value = missing
-        return super().deserialize(value, attr, data, **kwargs)
+# ------------------------------------------------------------------ every request
+def _screen_request() -> Response | None:
+    """What every request passes before its endpoint: Werkzeug's slash redirect answers JSON, an oversized
+    body is refused whatever the endpoint (Werkzeug alone refuses it only when it is read), and the path and
+    the query string must be storable."""
+    redirect = request.routing_exception
+    if isinstance(redirect, RequestRedirect):
+        # /api/v1/user -> /api/v1/user/ answers with a JSON body, not HTML.
+        return errors.json_response({"message": "Redirecting", "location": redirect.new_url},
+                                    redirect.code, headers={"Location": redirect.new_url})
+    if request.content_length is not None and request.content_length > settings().max_content_length:
+        return errors.RequestTooLarge().response()
+    refuse_unstorable(request.path)
+    if request.query_string:
+        refuse_unstorable(unquote(request.query_string.decode("latin-1")))
+    return None
 
 
-class QueryBool(fields.Boolean):
-    """A query flag, compared stripped and case-insensitively with the endpoint's own words.
-
-    With ``falsy=None`` every word but the truthy ones means false (Quay's lenient flags); otherwise a word
-    in neither set is a 400.
-    """
-
-    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "must be a boolean"}
-
-    def __init__(self, *, truthy: Collection[str], falsy: Collection[str] | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.truthy = frozenset(truthy)
-        self.falsy = None if falsy is None else frozenset(falsy)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        word = str(value).strip().lower()
-        if word in self.truthy:
-            return True
-        if self.falsy is None or word in self.falsy:
-            return False
-        raise self.make_error("invalid", input=value)
+def _cors(response: Response) -> Response:
+    if request.path.startswith("/api/"):
+        response.headers.extend(CORS_HEADERS)
+    return response
 
 
-def query(schema: Query) -> dict[str, Any]:
-    """The request's query string loaded with ``schema``; a bad argument is a 400 naming it, as ``load``."""
-    return _validated(schema, request.args)
+def _close_session(_exc: BaseException | None) -> None:
+    """Close what ``session()`` and ``read_first`` opened for the request."""
+    for key in ("db_session", "db_read"):
+        opened = g.pop(key, None)
+        if opened is not None:
+            try:
+                opened.close()
+            except sa_exc.SQLAlchemyError:  # the connection died with the database; nothing to release
+                log.debug("closing a %s whose connection is gone", key, exc_info=True)
+
+
+def init_app(app: Flask) -> None:
+    """Register the request screen, the CORS headers of the API and the teardown of the request's session."""
+    app.url_map.converters["id"] = IdConverter  # before any route: a rule binds its converters when added
+    app.before_request(_screen_request)
+    app.after_request(_cors)
+    app.teardown_appcontext(_close_session)

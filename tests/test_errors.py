@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import event, func, select
 
 from quaymirror.accounts.models import OrganizationMember, User
-from quaymirror.app import CORS_HEADERS
 from quaymirror.repositories.models import Repository
+from quaymirror.web import CORS_HEADERS
 
 FULL = "repo:admin repo:create user:admin org:admin"
 MIB = 1024 * 1024

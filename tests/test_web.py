@@ -20,7 +20,8 @@ from werkzeug.routing.converters import NumberConverter
 from quaymirror import web
 from quaymirror.mirror import history
 from quaymirror.mirror.models import RunStatus, RunTrigger
-from quaymirror.openapi import _RULE_VARIABLE, OPERATIONS, PREFIX
+from quaymirror.openapi import _RULE_VARIABLE, PREFIX, operations_of
+from quaymirror.schemas import Int64
 from tests.conftest import TEST_SECRET
 from tests.worker.helpers import Mirrors
 
@@ -120,13 +121,13 @@ def _integer_query_arguments(app) -> list[tuple[object, str, str, validate.Range
     """(rule, method, argument, its range) of every integer field of every operation's query schema."""
     found = []
     for rule in _rules(app):
-        resource = app.view_functions[rule.endpoint].view_class.__name__
+        resource = app.view_functions[rule.endpoint].view_class
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            operation = OPERATIONS.get((resource, method))
+            operation = operations_of(resource).get(method.lower())
             if operation is None or operation.query is None:
                 continue
             for field_name, field in operation.query().fields.items():
-                if isinstance(field, web.Int64):
+                if isinstance(field, Int64):
                     [bounds] = [v for v in field.validators if isinstance(v, validate.Range)]
                     found.append((rule, method, field.data_key or field_name, bounds))
     return found

@@ -9,8 +9,6 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from quaymirror.db import Base, utcnow
 
-ORG_ROLES = ("admin", "member")
-
 
 class User(Base):
     """A user, an organization (``is_organization``) or a robot (``is_robot``, named ``ns+short``)."""

@@ -5,17 +5,23 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from quaymirror.accounts.models import OrganizationMember, User
+from quaymirror.auth import scopes
+from quaymirror.auth.permissions import is_namespace_admin, is_namespace_member
+from quaymirror.auth.tokens import Caller
 from quaymirror.errors import InvalidRequest, NotFound, model_error
+from quaymirror.mirror.models import RepoMirrorConfig
 from quaymirror.security.secrets import DecryptionFailed, SecretBox
 
 log = logging.getLogger(__name__)
 
-# Quay's namespace rule (util/names.py): lowercase words joined by . _ or -, 2 to 255 characters.
+# Quay's namespace rule: lowercase words joined by . _ or -, 2 to 255 characters.
 NAMESPACE_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 ROBOT_SHORT_RE = re.compile(r"^[a-z][a-z0-9_]{1,254}$")
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
@@ -74,17 +80,6 @@ def organization(session: Session, name: str) -> User:
     if org is None:
         raise NotFound()
     return org
-
-
-def organization_admins(session: Session, org: User) -> list[str]:
-    return list(
-        session.scalars(
-            select(User.username)
-            .join(OrganizationMember, OrganizationMember.user_id == User.id)
-            .where(OrganizationMember.organization_id == org.id, OrganizationMember.role == "admin")
-            .order_by(User.username)
-        )
-    )
 
 
 def organization_member_names(session: Session, org: User) -> list[str]:
@@ -151,8 +146,6 @@ def create_robot(session: Session, box: SecretBox, namespace: User, shortname: s
 
 
 def delete_robot(session: Session, robot: User) -> None:
-    from quaymirror.mirror.models import RepoMirrorConfig  # mirror depends on accounts, not the reverse
-
     in_use = session.scalars(select(RepoMirrorConfig.id).where(RepoMirrorConfig.internal_robot_id == robot.id)).first()
     if in_use is not None:
         raise InvalidRequest("Robot is being used by a mirror")
@@ -160,24 +153,27 @@ def delete_robot(session: Session, robot: User) -> None:
     session.flush()
 
 
-def robot_view(box: SecretBox, robot: User) -> dict:
-    """Quay's robot view, token included; a token the instance key cannot open shows as null."""
+@dataclass(frozen=True)
+class RobotAccount:
+    """A robot as Quay shows it to its namespace's admins: with its token, or None when the instance's key
+    cannot open the stored one."""
+
+    name: str
+    created: datetime
+    description: str
+    token: str | None
+
+
+def robot_account(box: SecretBox, robot: User) -> RobotAccount:
     try:
         token = box.decrypt(robot.robot_token)
     except DecryptionFailed:
         log.warning("the token of robot %s cannot be decrypted with this instance's secret key", robot.username)
         token = None
-    return {
-        "name": robot.username,
-        "created": robot.created.strftime("%a, %d %b %Y %H:%M:%S -0000"),
-        "last_accessed": None,
-        "description": robot.description,
-        "token": token,
-        "unstructured_metadata": {},
-    }
+    return RobotAccount(robot.username, robot.created, robot.description, token)
 
 
-def _starts_with(prefix: str):
+def _starts_with(prefix: str) -> ColumnElement[bool]:
     """``username LIKE 'prefix%'`` with LIKE's wildcards in ``prefix`` taken literally."""
     escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return User.username.like(f"{escaped}%", escape="\\")
@@ -203,3 +199,101 @@ def search_entities(session: Session, prefix: str, robot_namespace: User | None 
     if not exact:
         exact = list(session.scalars(select(User).where(User.username == prefix, plain_user)))
     return (exact + [u for u in found if u.username != prefix])[:limit]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The token's owner and the organizations they belong to (GET /user/)."""
+
+    user: User
+    organizations: list[User]
+
+
+def profile(session: Session, user: User) -> Profile:
+    return Profile(user, organizations_of(session, user))
+
+
+@dataclass(frozen=True)
+class OrganizationAccess:
+    """An organization as one caller sees it: its e-mail only for its admins."""
+
+    name: str
+    email: str
+    is_admin: bool
+    is_member: bool
+    can_create_repo: bool
+
+    @property
+    def is_org_admin(self) -> bool:
+        """Quay answers the same right under both names."""
+        return self.is_admin
+
+
+def _sees_as_admin(session: Session, caller: Caller, org: User) -> bool:
+    """Quay's AdministerOrganizationPermission: an org admin whose token carries org:admin."""
+    return caller.has_scope(scopes.ORG_ADMIN) and is_namespace_admin(session, caller.user, org)
+
+
+def describe_organization(session: Session, caller: Caller, org: User) -> OrganizationAccess:
+    is_admin = _sees_as_admin(session, caller, org)
+    return OrganizationAccess(
+        name=org.username,
+        email=(org.email or "") if is_admin else "",
+        is_admin=is_admin,
+        is_member=is_namespace_member(session, caller.user, org),
+        can_create_repo=is_namespace_admin(session, caller.user, org) and caller.has_scope(scopes.REPO_CREATE),
+    )
+
+
+@dataclass(frozen=True)
+class Avatar:
+    """Quay's avatar of an entity: its name and kind (``user``, ``robot`` or ``org``)."""
+
+    name: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Entity:
+    """One match of the entity search; None means the key is left out of Quay's answer."""
+
+    name: str
+    kind: str
+    avatar: Avatar
+    is_robot: bool | None = None
+    is_org_member: bool | None = None
+
+
+def robot_namespace(session: Session, caller: Caller, namespace: User | None) -> User | None:
+    """The namespace whose robots the caller may see in a search: an organization they belong to, or their
+    own user namespace with a user:admin token."""
+    if namespace is None or namespace.is_robot:
+        return None
+    if namespace.is_organization:
+        return namespace if is_namespace_member(session, caller.user, namespace) else None
+    return namespace if namespace.id == caller.user.id and caller.has_scope(scopes.USER_ADMIN) else None
+
+
+def entities(session: Session, caller: Caller, prefix: str, namespace_name: str, *,
+             include_orgs: bool) -> list[Entity]:
+    """Quay's entity search: users matching ``prefix``, plus ``namespace_name``'s robots for those who may see
+    them and (``include_orgs``) the organization itself for its admins (with an org:admin token)."""
+    prefix = "".join(prefix.split()).lower()
+    namespace = robot_namespace(session, caller, get_by_name(session, namespace_name))
+    org = namespace if namespace is not None and namespace.is_organization else None
+    found: list[Entity] = []
+    if org is not None and include_orgs and _sees_as_admin(session, caller, org) and org.username.startswith(prefix):
+        found.append(Entity(org.username, "org", Avatar(org.username, "org"), is_org_member=True))
+    members = set(organization_member_names(session, org)) if org is not None else None
+    return found + [_user_entity(user, members) for user in search_entities(session, prefix, namespace)]
+
+
+def _user_entity(user: User, org_members: set[str] | None) -> Entity:
+    return Entity(user.username, "user", Avatar(user.username, "robot" if user.is_robot else "user"),
+                  is_robot=user.is_robot, is_org_member=org_member(user, org_members))
+
+
+def org_member(user: User, org_members: set[str] | None) -> bool | None:
+    """Quay's ``is_org_member`` of a user or robot: None outside an organization (``org_members`` None);
+    inside, whether it is a member, robots always."""
+    return None if org_members is None else (user.is_robot or user.username in org_members)

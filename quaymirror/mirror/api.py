@@ -6,82 +6,103 @@ for a malformed body), then the body (400), then the repository (404).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import ClassVar
+
 from flask import Response
 from flask_restful import Api, Resource
+from marshmallow import Schema
 
 from quaymirror import web
-from quaymirror.auth.permissions import require_repo_role
+from quaymirror.auth import scopes
 from quaymirror.mirror import service, view_read
-from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig
-from quaymirror.repositories import service as repositories
-from quaymirror.repositories.models import Repository
-from quaymirror.security.secrets import SecretBox
+from quaymirror.mirror.schemas import CreateMirrorConfig, UpdateMirrorConfig, ViewMirrorConfig
+from quaymirror.openapi import PLAIN_STRING, Operation
 
 
-def _box() -> SecretBox:
-    return web.secret_box()
+def _authorize(namespace: str, repository: str) -> web.RepoAccess:
+    """Admin on ns/repo (or superuser with full access), never public, as Quay's ``require_repo_admin``."""
+    return web.authorize_repo(namespace, repository, "admin", public_read=False)
 
 
-def _authorize(namespace: str, repository: str) -> Repository | None:
-    """Admin on ns/repo (or superuser with full access), as Quay's ``require_repo_admin``."""
-    _ns, repo = require_repo_role(
-        web.session(), web.caller(required=False), namespace, repository, "admin",
-        superuser_full_access=web.settings().superusers_full_access, public_read=False,
-    )
-    return repo
+def _actor(access: web.RepoAccess) -> service.Actor:
+    return service.Actor(access.performer, web.client_ip())
 
 
-def _actor() -> service.Actor:
-    return service.Actor(web.caller().user, web.client_ip())
+def _save(namespace: str, repository: str, schema: Schema, save: Callable[..., object]) -> tuple[str, int]:
+    """POST and PUT: the caller, the body, the repository, then the service's write (Quay answers 201 to
+    both)."""
+    access = _authorize(namespace, repository)
+    data = web.load(schema)
+    repo = access.require()
+    session = web.session()
+    with web.atomic(session):
+        save(session, repo, data, box=web.secret_box(), settings=web.settings(), actor=_actor(access))
+    return "", 201
+
+
+def _act(namespace: str, repository: str, action: Callable[..., None]) -> tuple[str, int]:
+    """A change without a body (delete, sync-now, cancel): the caller, the repository, then the action."""
+    access = _authorize(namespace, repository)
+    repo = access.require()
+    session = web.session()
+    with web.atomic(session):
+        action(session, repo, actor=_actor(access))
+    return "", 204
+
+
+_MIRROR = ("mirror",)
 
 
 class RepositoryMirror(Resource):
+    openapi: ClassVar[Mapping[str, Operation]] = {
+        "get": Operation("getRepoMirrorConfig", "The repository's mirror configuration.", scopes.REPO_ADMIN,
+                         {200: ViewMirrorConfig}, tags=_MIRROR),
+        "post": Operation("createRepoMirrorConfig", "Create the mirror configuration.", scopes.REPO_ADMIN,
+                          {201: PLAIN_STRING}, body=CreateMirrorConfig, tags=_MIRROR, errors=(409,)),
+        "put": Operation("changeRepoMirrorConfig", "Change the mirror configuration.", scopes.REPO_ADMIN,
+                         {201: PLAIN_STRING}, body=UpdateMirrorConfig, tags=_MIRROR),
+        "delete": Operation("deleteRepoMirrorConfig", "Delete the mirror configuration.", scopes.REPO_ADMIN,
+                            {204: None}, tags=_MIRROR),
+    }
+
     def get(self, namespace: str, repository: str):
         # A ready response: flask-restful's representation layer would only produce the same bytes, slower.
         return Response(view_read.read_view(namespace, repository), 200, mimetype="application/json")
 
-    def post(self, namespace: str, repository: str):
-        repo = _authorize(namespace, repository)
-        data = web.load(CreateMirrorConfig())
-        repo = repositories.require(repo)
-        session = web.session()
-        with web.atomic(session):
-            service.create(session, repo, data, box=_box(), settings=web.settings(), actor=_actor())
-        return "", 201
+    def post(self, namespace: str, repository: str) -> tuple[str, int]:
+        return _save(namespace, repository, CreateMirrorConfig(), service.create)
 
-    def put(self, namespace: str, repository: str):
-        repo = _authorize(namespace, repository)
-        data = web.load(UpdateMirrorConfig())
-        repo = repositories.require(repo)
-        session = web.session()
-        with web.atomic(session):
-            service.update(session, repo, data, box=_box(), settings=web.settings(), actor=_actor())
-        return "", 201
+    def put(self, namespace: str, repository: str) -> tuple[str, int]:
+        return _save(namespace, repository, UpdateMirrorConfig(), service.update)
 
-    def delete(self, namespace: str, repository: str):
-        repo = repositories.require(_authorize(namespace, repository))
-        session = web.session()
-        with web.atomic(session):
-            service.delete(session, repo, actor=_actor())
-        return "", 204
+    def delete(self, namespace: str, repository: str) -> tuple[str, int]:
+        return _act(namespace, repository, service.delete)
 
 
-class RepositoryMirrorSyncNow(Resource):
-    def post(self, namespace: str, repository: str):
-        repo = repositories.require(_authorize(namespace, repository))
-        session = web.session()
-        with web.atomic(session):
-            service.sync_now(session, repo, actor=_actor())
-        return "", 204
+class _StatusChange(Resource):
+    """A POST that changes the sync status (``action``, a service function), without a body."""
+
+    action: ClassVar[Callable[..., None]]
+
+    def post(self, namespace: str, repository: str) -> tuple[str, int]:
+        return _act(namespace, repository, type(self).action)
 
 
-class RepositoryMirrorSyncCancel(Resource):
-    def post(self, namespace: str, repository: str):
-        repo = repositories.require(_authorize(namespace, repository))
-        session = web.session()
-        with web.atomic(session):
-            service.sync_cancel(session, repo, actor=_actor())
-        return "", 204
+class RepositoryMirrorSyncNow(_StatusChange):
+    action = staticmethod(service.sync_now)
+    openapi: ClassVar[Mapping[str, Operation]] = {
+        "post": Operation("syncNow", "Sync the mirror as soon as possible.", scopes.REPO_ADMIN, {204: None},
+                          tags=_MIRROR),
+    }
+
+
+class RepositoryMirrorSyncCancel(_StatusChange):
+    action = staticmethod(service.sync_cancel)
+    openapi: ClassVar[Mapping[str, Operation]] = {
+        "post": Operation("syncCancel", "Cancel the running or pending sync.", scopes.REPO_ADMIN, {204: None},
+                          tags=_MIRROR),
+    }
 
 
 def register(api: Api) -> None:

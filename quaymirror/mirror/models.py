@@ -95,6 +95,10 @@ class RepoMirrorRuleType(enum.IntEnum):
     TAG_GLOB_CSV = 1
 
 
+# The one rule type's name in Quay's bodies: ``{"rule_kind": "tag_glob_csv", "rule_value": [...]}``.
+RULE_KIND = RepoMirrorRuleType.TAG_GLOB_CSV.name.lower()
+
+
 def new_uuid() -> str:
     return str(uuid.uuid4())
 

@@ -1,8 +1,10 @@
-"""What the mirror API accepts and returns: Quay's CreateMirrorConfig, UpdateMirrorConfig, ViewMirrorConfig.
+"""What the mirror API accepts and returns: Quay's CreateMirrorConfig, UpdateMirrorConfig, ViewMirrorConfig,
+the query strings of the history and the health, and the views of both.
 
 Types follow Quay's JSON schema (real JSON booleans and integers, nothing
-coerced), with limits Quay lacks so that nothing oversized or unstorable
-reaches the database. Unknown top-level keys are ignored, as Quay ignores
+coerced), with limits Quay lacks so that nothing oversized reaches the
+database (text no database can store never gets here: ``web.json_body``
+refuses it first). Unknown top-level keys are ignored, as Quay ignores
 them (its Ansible collection sends ``unsigned_images`` at the top level).
 Checks whose failures Quay answers with its own texts and body shapes (the
 date format, architectures, the rule list being empty, the reference, the
@@ -11,14 +13,17 @@ robot) are left to the service so the answers and their order stay Quay's.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
+from marshmallow.types import ErrorMessages
 
-DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-RULE_KIND = "tag_glob_csv"
-RULE_TYPE = "TAG_GLOB_CSV"
+from quaymirror.dates import format_date
+from quaymirror.mirror.health import Health
+from quaymirror.mirror.models import RULE_KIND, MirrorSyncRun, RepoMirrorRuleType, RunStatus
+from quaymirror.schemas import Group, Int64, IsoDate, QuayDate, Query, QueryBool, View
+
+RULE_TYPE = RepoMirrorRuleType.TAG_GLOB_CSV.name
 
 MAX_INT32 = 2**31 - 1  # the columns are 32-bit on PostgreSQL; larger values would be a 500
 MIN_SKOPEO_TIMEOUT = 300
@@ -33,45 +38,12 @@ ARCHITECTURE_MAX = 64
 ARCHITECTURES_MAX = 64
 
 
-def storable(value: str) -> str:
-    """Refuse text PostgreSQL or UTF-8 cannot hold (NUL, lone surrogates): a 400, not a 500 at flush."""
-    if "\x00" in value:
-        raise ValidationError("Must not contain NUL characters.")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError("Must be valid Unicode text.") from None
-    return value
-
-
 def _utf8_bytes(maximum: int):
     def check(value: str | None) -> None:
         if value is not None and len(value.encode("utf-8")) > maximum:
             raise ValidationError(f"Longer than maximum length {maximum} bytes in UTF-8.")
 
     return check
-
-
-def format_date(value: datetime | None) -> str | None:
-    """``YYYY-MM-DDTHH:MM:SSZ`` at second precision, so a client can PUT back exactly what it read."""
-    if value is None:
-        return None
-    return (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
-        f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}Z"
-    )
-
-
-def parse_date(text: str) -> datetime:
-    """Quay's ``strptime("%Y-%m-%dT%H:%M:%SZ")``: naive UTC, non-padded fields accepted; ValueError otherwise."""
-    return datetime.strptime(text, DATE_FORMAT)
-
-
-class Text(fields.String):
-    """A JSON string (never a number or boolean) that can be stored as is."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        return storable(super()._deserialize(value, attr, data, **kwargs))
 
 
 class StrictBoolean(fields.Boolean):
@@ -100,7 +72,8 @@ class RootRule(fields.Field):
     list passes here: Quay answers it later with its own message.
     """
 
-    default_error_messages: ClassVar[dict[str, str]] = {
+    # Typed as marshmallow declares it (mypy refuses a ClassVar over its instance attribute).
+    default_error_messages: ErrorMessages = {  # noqa: RUF012
         "invalid": "Must be an object with rule_kind and rule_value."}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[str]:
@@ -112,7 +85,7 @@ class RootRule(fields.Field):
         return self._documented(value) if documented else self._real(value)
 
     def _real(self, value: dict[str, Any]) -> list[str]:
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, Any] = {}
         if "rule_kind" not in value:
             errors["rule_kind"] = ["Missing data for required field."]
         elif value["rule_kind"] != RULE_KIND:
@@ -130,7 +103,7 @@ class RootRule(fields.Field):
         return patterns
 
     def _documented(self, value: dict[str, Any]) -> list[str]:
-        errors: dict[str, list[str]] = {}
+        errors: dict[str, Any] = {}
         rule_type = value.get("rule_type")
         if "rule_type" not in value:
             errors["rule_type"] = ["Missing data for required field."]
@@ -160,7 +133,6 @@ class RootRule(fields.Field):
         for item in value:
             if len(item) > RULE_PATTERN_MAX:
                 raise ValidationError(f"Each pattern must be at most {RULE_PATTERN_MAX} characters.")
-            storable(item)
         return list(value)
 
 
@@ -168,9 +140,9 @@ class ProxySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    http_proxy = Text(allow_none=True, validate=validate.Length(max=PROXY_MAX))
-    https_proxy = Text(allow_none=True, validate=validate.Length(max=PROXY_MAX))
-    no_proxy = Text(allow_none=True, validate=validate.Length(max=PROXY_MAX))
+    http_proxy = fields.String(allow_none=True, validate=validate.Length(max=PROXY_MAX))
+    https_proxy = fields.String(allow_none=True, validate=validate.Length(max=PROXY_MAX))
+    no_proxy = fields.String(allow_none=True, validate=validate.Length(max=PROXY_MAX))
 
 
 class ExternalRegistryConfigSchema(Schema):
@@ -189,13 +161,13 @@ def _between(minimum: int, maximum: int) -> list[validate.Range]:
     return [validate.Range(min=minimum), validate.Range(max=maximum)]
 
 
-def _credential(**kwargs: Any) -> Text:
-    return Text(allow_none=True, validate=[validate.Length(max=CREDENTIAL_MAX), _utf8_bytes(CREDENTIAL_MAX_BYTES)],
+def _credential(**kwargs: Any) -> fields.String:
+    return fields.String(allow_none=True, validate=[validate.Length(max=CREDENTIAL_MAX), _utf8_bytes(CREDENTIAL_MAX_BYTES)],
                 **kwargs)
 
 
 def _architectures(**kwargs: Any) -> fields.List:
-    return fields.List(Text(validate=validate.Length(max=ARCHITECTURE_MAX)), allow_none=True,
+    return fields.List(fields.String(validate=validate.Length(max=ARCHITECTURE_MAX)), allow_none=True,
                        validate=validate.Length(max=ARCHITECTURES_MAX), **kwargs)
 
 
@@ -206,13 +178,13 @@ class UpdateMirrorConfig(Schema):
         unknown = EXCLUDE
 
     is_enabled = StrictBoolean()
-    external_reference = Text(validate=validate.Length(max=REFERENCE_MAX))
+    external_reference = fields.String(validate=validate.Length(max=REFERENCE_MAX))
     external_registry_username = _credential()
     external_registry_password = _credential()
     external_registry_config = fields.Nested(ExternalRegistryConfigSchema)
     sync_interval = StrictInteger(validate=_between(0, MAX_INT32))
-    sync_start_date = Text()  # the format (and its length) is checked by the service, with Quay's answer
-    robot_username = Text(validate=validate.Length(max=ROBOT_MAX))
+    sync_start_date = fields.String()  # the format (and its length) is checked by the service, with Quay's answer
+    robot_username = fields.String(validate=validate.Length(max=ROBOT_MAX))
     root_rule = RootRule()
     skopeo_timeout_interval = StrictInteger(validate=_between(MIN_SKOPEO_TIMEOUT, MAX_INT32))
     architecture_filter = _architectures()
@@ -222,22 +194,17 @@ class CreateMirrorConfig(UpdateMirrorConfig):
     """POST: Quay's required keys plus ``robot_username`` (Quay answers a 500 without it)."""
 
     is_enabled = StrictBoolean(load_default=True)
-    external_reference = Text(required=True, validate=validate.Length(max=REFERENCE_MAX))
+    external_reference = fields.String(required=True, validate=validate.Length(max=REFERENCE_MAX))
     external_registry_username = _credential(load_default=None)
     external_registry_password = _credential(load_default=None)
     external_registry_config = fields.Nested(ExternalRegistryConfigSchema, load_default=dict)
     sync_interval = StrictInteger(required=True, validate=_between(0, MAX_INT32))
-    sync_start_date = Text(required=True)
-    robot_username = Text(required=True, validate=validate.Length(max=ROBOT_MAX))
+    sync_start_date = fields.String(required=True)
+    robot_username = fields.String(required=True, validate=validate.Length(max=ROBOT_MAX))
     root_rule = RootRule(required=True)
     skopeo_timeout_interval = StrictInteger(required=True,
                                             validate=_between(MIN_SKOPEO_TIMEOUT, MAX_INT32))
     architecture_filter = _architectures(load_default=None)
-
-
-class QuayDate(fields.Field):
-    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
-        return format_date(value)
 
 
 class ViewMirrorConfig(Schema):
@@ -267,3 +234,177 @@ def dump_view(values: dict[str, Any]) -> dict[str, Any]:
     GET /mirror as much as its database read; the service's values are already JSON but for the
     dates. Tests hold the two equal."""
     return {**values, **{key: format_date(values[key]) for key in _VIEW_DATES}}
+
+
+# ------------------------------------------------------------------ the sync history (which Quay lacks)
+SYNCS_DEFAULT_LIMIT = 20
+SYNCS_MAX_LIMIT = 100
+SYNCS_MAX_PAGE = 1_000_000
+
+
+class SyncListQuery(Query):
+    """``?page=&limit=``: an empty value means the default."""
+
+    page = Int64(minimum=1, maximum=SYNCS_MAX_PAGE, load_default=1, empty_is_missing=True,
+                 metadata={"description": "Page of runs, newest first."})
+    limit = Int64(minimum=1, maximum=SYNCS_MAX_LIMIT, load_default=SYNCS_DEFAULT_LIMIT, empty_is_missing=True,
+                  metadata={"description": "Runs per page."})
+
+
+class SyncTagCountsView(View):
+    """A run's tag counters (null ``matched`` until the run has listed the upstream's tags)."""
+
+    matched = fields.Integer(attribute="tags_matched", required=True, allow_none=True)
+    done = fields.Integer(attribute="tags_done", required=True, allow_none=True)
+    copied = fields.Integer(attribute="tags_copied", required=True, allow_none=True)
+    skipped = fields.Integer(attribute="tags_skipped", required=True, allow_none=True)
+    deleted = fields.Integer(attribute="tags_deleted", required=True, allow_none=True)
+    failed = fields.Integer(attribute="tags_failed", required=True, allow_none=True)
+
+
+class SyncProgressView(View):
+    """How far a run got: tags done of the tags matched."""
+
+    done = fields.Integer(attribute="tags_done", required=True, allow_none=True)
+    total = fields.Integer(attribute="tags_matched", required=True, allow_none=True)
+
+
+class SyncRunView(View):
+    """One sync run of the mirror: a ``repomirrorsyncrun`` row."""
+
+    id = fields.Integer(required=True)
+    trigger = fields.String(required=True)
+    status = fields.String(required=True)
+    in_progress = fields.Method("_in_progress", required=True, metadata={"type": "boolean"})
+    started = QuayDate(required=True, allow_none=True)
+    finished = QuayDate(required=True, allow_none=True)
+    duration_seconds = fields.Method("_duration", required=True, allow_none=True, metadata={"type": "number"})
+    reason = fields.String(required=True, allow_none=True)
+    message = fields.String(required=True, allow_none=True)
+    worker = fields.String(required=True, allow_none=True)
+    tags = Group(SyncTagCountsView, required=True)
+    progress = Group(SyncProgressView, required=True)
+    bytes = fields.Integer(required=True, allow_none=True)
+
+    @staticmethod
+    def _in_progress(run: MirrorSyncRun) -> bool:
+        return run.status == RunStatus.SYNCING
+
+    @staticmethod
+    def _duration(run: MirrorSyncRun) -> float | None:
+        return round((run.finished - run.started).total_seconds(), 3) if run.finished else None
+
+
+class SyncRunListView(View):
+    """A page of runs, newest first (``service.RunPage``)."""
+
+    syncs = fields.List(fields.Nested(SyncRunView), required=True)
+    page = fields.Integer(required=True)
+    has_additional = fields.Boolean(required=True)
+
+
+class SyncTagResultView(View):
+    """One tag's result in a run: a ``repomirrorsynctag`` row."""
+
+    tag = fields.String(required=True)
+    digest = fields.String(required=True, allow_none=True)
+    outcome = fields.String(required=True)
+    reason = fields.String(required=True, allow_none=True)
+    output = fields.String(required=True, allow_none=True)
+    bytes = fields.Integer(required=True, allow_none=True)
+    duration_ms = fields.Integer(required=True, allow_none=True)
+    finished = QuayDate(required=True, allow_none=True)
+
+
+class SyncTagResultsView(View):
+    """The per-tag results that one run's answer adds to its ``SyncRunView``."""
+
+    tag_results = fields.List(fields.Nested(SyncTagResultView), required=True)
+
+
+# ------------------------------------------------------------------ the mirror health
+HEALTH_DEFAULT_LIMIT = 100
+HEALTH_MAX_LIMIT = 1000
+_TRUE = {"true", "1", "yes", "on", "t", "y"}
+_FALSE = {"false", "0", "no", "off", "f", "n", ""}
+_NOT_AN_INT = {"invalid": "invalid literal for int() with base 10: {input!r}"}  # Quay's reqparse message
+
+
+class HealthQuery(Query):
+    """Quay's arguments: ``limit`` is clamped to 1..HEALTH_MAX_LIMIT and ``offset`` to 0 and up, as Quay does;
+    only a value no database integer can hold (or no integer at all) is a 400."""
+
+    namespace = fields.String(load_default="", metadata={"description": "Only this namespace's mirrors."})
+    detailed = QueryBool(truthy=_TRUE, falsy=_FALSE, load_default=False,
+                         error_messages={"invalid": "Invalid literal for boolean(): {input}"},
+                         metadata={"description": "Also list the repositories (limit, offset)."})
+    limit = Int64(load_default=HEALTH_DEFAULT_LIMIT, error_messages=_NOT_AN_INT,
+                  metadata={"description": f"Page size of the details, clamped to 1..{HEALTH_MAX_LIMIT}."})
+    offset = Int64(load_default=0, error_messages=_NOT_AN_INT,
+                   metadata={"description": "Details to skip; a negative value means 0."})
+
+    @post_load
+    def _clamp(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
+        return {**data, "namespace": data["namespace"] or None,
+                "limit": min(HEALTH_MAX_LIMIT, max(1, data["limit"])), "offset": max(0, data["offset"])}
+
+
+class HealthWorkersView(View):
+    """The live workers against the configured replicas; degraded whenever the health is."""
+
+    active = fields.Integer(attribute="active_workers", required=True)
+    configured = fields.Integer(attribute="configured_workers", required=True)
+    status = fields.Method("_status", required=True, validate=validate.OneOf(["healthy", "degraded"]),
+                           metadata={"type": "string"})
+
+    @staticmethod
+    def _status(health: Health) -> str:
+        return "healthy" if health.healthy else "degraded"
+
+
+class HealthRepositoryView(View):
+    """One mirrored repository in the detailed answer."""
+
+    namespace = fields.String(required=True)
+    repository = fields.String(required=True)
+    sync_status = fields.String(required=True)
+    is_enabled = fields.Boolean(required=True)
+    last_sync = IsoDate(required=True, allow_none=True)
+    retries_remaining = fields.Integer(required=True)
+
+
+class HealthPaginationView(View):
+    limit = fields.Integer(required=True)
+    offset = fields.Integer(required=True)
+    has_more = fields.Boolean(required=True)
+
+
+class HealthRepositoriesView(View):
+    """The counts by status; with ``?detailed=true`` also a page of repositories (Quay's keys appear then)."""
+
+    omit_when_none = ("pagination",)
+
+    total = fields.Integer(required=True)
+    syncing = fields.Integer(required=True)
+    completed = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+    never_run = fields.Integer(required=True)
+    details = fields.List(fields.Nested(HealthRepositoryView), attribute="details.repositories")
+    pagination = fields.Nested(HealthPaginationView, attribute="details")
+
+
+class HealthIssueView(View):
+    severity = fields.String(required=True, validate=validate.OneOf(["critical", "error", "warning"]))
+    message = fields.String(required=True)
+    timestamp = IsoDate(required=True)
+
+
+class MirrorHealthView(View):
+    """Quay's mirror health answer (``health.Health``)."""
+
+    healthy = fields.Boolean(required=True)
+    workers = Group(HealthWorkersView, required=True)
+    repositories = fields.Nested(HealthRepositoriesView, required=True)
+    tags_pending = fields.Integer(required=True)
+    last_check = IsoDate(required=True, allow_none=True)
+    issues = fields.List(fields.Nested(HealthIssueView), required=True)

@@ -11,7 +11,7 @@ sees is the one Quay would answer. Status changes go through
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,10 +24,14 @@ from sqlalchemy.orm import Session
 from quaymirror import audit
 from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import User
-from quaymirror.errors import InvalidRequest, NotFound, detail_error, model_error
+from quaymirror.dates import parse_date
+from quaymirror.errors import InvalidRequest, NotFound, PlainError, detail_error, model_error
 from quaymirror.mirror import events, status
 from quaymirror.mirror.models import (
+    RULE_KIND,
     VALID_ARCHITECTURES,
+    MirrorSyncRun,
+    MirrorSyncTag,
     RepoMirrorConfig,
     RepoMirrorRule,
     RepoMirrorRuleType,
@@ -38,7 +42,6 @@ from quaymirror.mirror.models import (
     decode_rule_value,
     new_uuid,
 )
-from quaymirror.mirror.schemas import RULE_KIND, parse_date
 from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
@@ -73,11 +76,6 @@ class Actor:
 
     user: User | None
     ip: str | None = None
-
-
-# ---------------------------------------------------------------------------
-# Reading
-# ---------------------------------------------------------------------------
 
 
 def find(session: Session, repository: Repository, *, lock: bool = False) -> RepoMirrorConfig | None:
@@ -149,11 +147,6 @@ def describe_values(*, full_name: str, box: SecretBox, is_enabled: bool, mirror_
     }
 
 
-# ---------------------------------------------------------------------------
-# Checks shared by create and update (each answers with Quay's text and body shape)
-# ---------------------------------------------------------------------------
-
-
 def check_reference(reference: str, settings: Settings) -> None:
     """Format and SSRF checks with DNS; a blocked target gets Quay's generic text (no oracle for the client),
     and the server log says which host was refused and how the allow list would let it through."""
@@ -204,11 +197,6 @@ def _changed(session: Session, repository: Repository, actor: Actor, field: str,
     audit.record(session, CHANGED, repository_id=repository.id,
                  performer_id=actor.user.id if actor.user else None, ip=actor.ip,
                  repo=repository.name, namespace=repository.namespace.username, changed=field, to=value)
-
-
-# ---------------------------------------------------------------------------
-# Create
-# ---------------------------------------------------------------------------
 
 
 def create(session: Session, repository: Repository, data: dict[str, Any], *, box: SecretBox,
@@ -265,14 +253,9 @@ def create(session: Session, repository: Repository, data: dict[str, Any], *, bo
     return config
 
 
-def _already_exists(repository: Repository):
+def _already_exists(repository: Repository) -> PlainError:
     # Quay's text, typo included: clients may match on it.
     return detail_error(409, f"Mirror configuration already exits for repository {repository.full_name}")
-
-
-# ---------------------------------------------------------------------------
-# Update
-# ---------------------------------------------------------------------------
 
 
 def update(session: Session, repository: Repository, data: dict[str, Any], *, box: SecretBox,
@@ -284,63 +267,8 @@ def update(session: Session, repository: Repository, data: dict[str, Any], *, bo
     the names of the changed fields, as logged.
     """
     config = require(session, repository, lock=True)
-
-    # Validation phase, in Quay's order.
-    if "external_reference" in data:
-        check_reference(data["external_reference"], settings)
-    start = check_date(data["sync_start_date"]) if "sync_start_date" in data else None
-    if "architecture_filter" in data:
-        check_architectures(data["architecture_filter"], settings)
-    has_username = "external_registry_username" in data
-    has_password = "external_registry_password" in data
-    if has_password and not has_username:
-        raise detail_error(400, MSG_PASSWORD_ALONE)
-    if has_password and data["external_registry_username"] is None and data["external_registry_password"] is not None:
-        raise detail_error(400, MSG_PASSWORD_NO_USER)
-    if "root_rule" in data:
-        check_rule(data["root_rule"])
-    robot = check_robot(session, data["robot_username"], repository) if "robot_username" in data else None
-
-    # Apply phase, in Quay's order; (field, value) pairs become its audit entries.
-    changes: list[tuple[str, Any]] = []
-
-    def assign(field: str, attribute: str, value: Any) -> None:
-        if getattr(config, attribute) != value:
-            setattr(config, attribute, value)
-            changes.append((field, value))
-
-    if "is_enabled" in data:
-        assign("is_enabled", "is_enabled", data["is_enabled"])
-    if "external_reference" in data:
-        assign("external_reference", "external_reference", data["external_reference"])
-    if robot is not None:
-        repositories.ensure_at_least(session, repository, robot, "write")
-        if config.internal_robot_id != robot.id:
-            config.internal_robot_id = robot.id
-            changes.append(("robot_username", robot.username))  # Quay never logs this (its bug #14)
-    if start is not None and _to_second(config.sync_start_date) != start:
-        # Compared at the API's resolution: a worker-computed date with microseconds reads back
-        # truncated, and PUTting back what was read must not count as a change.
-        config.sync_start_date = start
-        changes.append(("sync_start_date", start))
-    if "sync_interval" in data:
-        assign("sync_interval", "sync_interval", data["sync_interval"])
-    if "skopeo_timeout_interval" in data:
-        assign("skopeo_timeout_interval", "skopeo_timeout", data["skopeo_timeout_interval"])
-    if "architecture_filter" in data:
-        value = data["architecture_filter"]
-        if config.architecture_filter != list(value or []):
-            config.architecture_filter = value
-            changes.append(("architecture_filter", value))
-    if has_username:
-        changes.extend(_update_credentials(config, data, box, has_password))
-    if "external_registry_config" in data:
-        changes.extend(_merge_registry_config(config, data["external_registry_config"]))
-    if "root_rule" in data and config.root_rule.rule_value != data["root_rule"]:
-        # The config's own rule (Quay updates "a" rule of the repository: its bug #13).
-        config.root_rule.rule_value = data["root_rule"]
-        changes.append(("mirror_rule", data["root_rule"]))
-
+    put = _check_update(session, repository, config, data, settings, box)
+    changes = [change for step in _UPDATE_STEPS for change in step(put)]
     if changes:
         # A new version: a worker holding an older read of this row can no longer claim it. The
         # running sync (if any) is unaffected: its release matches on the lease, not on this id.
@@ -353,14 +281,126 @@ def update(session: Session, repository: Repository, data: dict[str, Any], *, bo
     return [field for field, _ in changes]
 
 
+Change = tuple[str, Any]  # (field, new value): one of Quay's audit entries
+
+
+@dataclass(frozen=True)
+class _Put:
+    """A PUT whose checks passed: the keys sent (the start date parsed) and the robot they name."""
+
+    session: Session
+    repository: Repository
+    config: RepoMirrorConfig
+    values: dict[str, Any]
+    robot: User | None
+    box: SecretBox
+
+
+def _check_update(session: Session, repository: Repository, config: RepoMirrorConfig, data: dict[str, Any],
+                  settings: Settings, box: SecretBox) -> _Put:
+    """Every check of a PUT, in Quay's order, before anything is written."""
+    values = dict(data)
+    if "external_reference" in data:
+        check_reference(data["external_reference"], settings)
+    if "sync_start_date" in data:
+        values["sync_start_date"] = check_date(data["sync_start_date"])
+    if "architecture_filter" in data:
+        check_architectures(data["architecture_filter"], settings)
+    if "external_registry_password" in data:
+        if "external_registry_username" not in data:
+            raise detail_error(400, MSG_PASSWORD_ALONE)
+        if data["external_registry_username"] is None and data["external_registry_password"] is not None:
+            raise detail_error(400, MSG_PASSWORD_NO_USER)
+    if "root_rule" in data:
+        check_rule(data["root_rule"])
+    robot = check_robot(session, data["robot_username"], repository) if "robot_username" in data else None
+    return _Put(session, repository, config, values, robot, box)
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
 def _to_second(value: datetime | None) -> datetime | None:
+    """Dates compare at the API's resolution: a worker-computed date with microseconds reads back truncated,
+    and PUTting back what was read must not count as a change."""
     return value.replace(microsecond=0) if value is not None else None
 
 
+def _as_list(value: list[str] | None) -> list[str]:
+    """No architecture filter is stored as an empty list."""
+    return list(value or [])
+
+
+@dataclass(frozen=True)
+class _Assign:
+    """A key stored as sent in one column, when it differs from the stored value (compared normalised)."""
+
+    field: str
+    attribute: str
+    normalise: Callable[[Any], Any] = _same
+
+    def __call__(self, put: _Put) -> list[Change]:
+        if self.field not in put.values:
+            return []
+        value = put.values[self.field]
+        if self.normalise(getattr(put.config, self.attribute)) == self.normalise(value):
+            return []
+        setattr(put.config, self.attribute, value)
+        return [(self.field, value)]
+
+
+def _robot(put: _Put) -> list[Change]:
+    """The robot gets write access (even when it is already the mirror's); Quay never logs a new robot, we
+    do."""
+    if put.robot is None:
+        return []
+    repositories.ensure_at_least(put.session, put.repository, put.robot, "write")
+    if put.config.internal_robot_id == put.robot.id:
+        return []
+    put.config.internal_robot_id = put.robot.id
+    return [("robot_username", put.robot.username)]
+
+
+def _credentials(put: _Put) -> list[Change]:
+    if "external_registry_username" not in put.values:
+        return []
+    return _update_credentials(put.config, put.values, put.box, "external_registry_password" in put.values)
+
+
+def _registry_config(put: _Put) -> list[Change]:
+    if "external_registry_config" not in put.values:
+        return []
+    return _merge_registry_config(put.config, put.values["external_registry_config"])
+
+
+def _root_rule(put: _Put) -> list[Change]:
+    """The configuration's own rule: Quay updates whichever rule of the repository it finds first."""
+    if "root_rule" not in put.values or put.config.root_rule.rule_value == put.values["root_rule"]:
+        return []
+    put.config.root_rule.rule_value = put.values["root_rule"]
+    return [("mirror_rule", put.values["root_rule"])]
+
+
+# Each step applies one key of a PUT, in the order Quay applies (and logs) them.
+_UPDATE_STEPS: tuple[Callable[[_Put], list[Change]], ...] = (
+    _Assign("is_enabled", "is_enabled"),
+    _Assign("external_reference", "external_reference"),
+    _robot,
+    _Assign("sync_start_date", "sync_start_date", _to_second),
+    _Assign("sync_interval", "sync_interval"),
+    _Assign("skopeo_timeout_interval", "skopeo_timeout"),
+    _Assign("architecture_filter", "architecture_filter", _as_list),
+    _credentials,
+    _registry_config,
+    _root_rule,
+)
+
+
 def _update_credentials(config: RepoMirrorConfig, data: dict[str, Any], box: SecretBox,
-                        has_password: bool) -> list[tuple[str, Any]]:
-    """Username alone, or username and password together (Quay §2.3); the password is logged masked."""
-    changes: list[tuple[str, Any]] = []
+                        has_password: bool) -> list[Change]:
+    """Username alone, or username and password together, as Quay takes them; the password is logged masked."""
+    changes: list[Change] = []
     username = data["external_registry_username"]
     readable, current = _decrypt(box, config.external_registry_username)
     if not readable or current != username:
@@ -375,10 +415,10 @@ def _update_credentials(config: RepoMirrorConfig, data: dict[str, Any], box: Sec
     return changes
 
 
-def _merge_registry_config(config: RepoMirrorConfig, incoming: dict[str, Any]) -> list[tuple[str, Any]]:
+def _merge_registry_config(config: RepoMirrorConfig, incoming: dict[str, Any]) -> list[Change]:
     """Merge Quay's known keys into the stored object; a proxy key lands even when no proxy was stored."""
     stored = dict(config.external_registry_config)
-    changes: list[tuple[str, Any]] = []
+    changes: list[Change] = []
     for key in ("verify_tls", "unsigned_images"):
         if key in incoming and stored.get(key, _MISSING) != incoming[key]:
             stored[key] = incoming[key]
@@ -396,11 +436,6 @@ def _merge_registry_config(config: RepoMirrorConfig, incoming: dict[str, Any]) -
     if changes:
         config.external_registry_config = stored
     return changes
-
-
-# ---------------------------------------------------------------------------
-# Delete, sync-now, cancel
-# ---------------------------------------------------------------------------
 
 
 def delete(session: Session, repository: Repository, *, actor: Actor) -> None:
@@ -438,3 +473,31 @@ def sync_cancel(session: Session, repository: Repository, *, actor: Actor) -> No
     if not status.cancel(session, config):
         raise NotFound()
     _changed(session, repository, actor, "sync_status", "SYNC_CANCEL")
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """A page of a mirror's sync runs, newest first."""
+
+    syncs: list[MirrorSyncRun]
+    page: int
+    has_additional: bool
+
+
+def list_runs(session: Session, config: RepoMirrorConfig, page: int, limit: int) -> RunPage:
+    """The current configuration's runs: those of a deleted configuration stay in the table for the audit
+    trail, but they are not this mirror's history."""
+    rows = list(session.scalars(
+        select(MirrorSyncRun)
+        .where(MirrorSyncRun.repository_id == config.repository_id, MirrorSyncRun.config_id == config.id)
+        .order_by(MirrorSyncRun.id.desc()).offset((page - 1) * limit).limit(limit + 1)
+    ))
+    return RunPage(rows[:limit], page, len(rows) > limit)
+
+
+def get_run(session: Session, config: RepoMirrorConfig, run_id: int) -> tuple[MirrorSyncRun, list[MirrorSyncTag]]:
+    """One run of the current configuration with its per-tag results, in the order recorded; else 404."""
+    run = session.get(MirrorSyncRun, run_id)
+    if run is None or run.config_id != config.id:
+        raise NotFound()
+    return run, list(session.scalars(select(MirrorSyncTag).where(MirrorSyncTag.run_id == run.id).order_by(MirrorSyncTag.id)))

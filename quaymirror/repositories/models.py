@@ -22,6 +22,9 @@ class RepositoryState(enum.IntEnum):
     ORG_MIRROR = 4
 
 
+# The states a client or the CLI may set; the others are the system's own (deletion, organization mirroring).
+SETTABLE_STATES = (RepositoryState.NORMAL, RepositoryState.READ_ONLY, RepositoryState.MIRROR)
+
 ROLES = ("read", "write", "admin")
 ROLE_RANK = {role: rank for rank, role in enumerate(ROLES, start=1)}
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any, cast
 
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy import delete as sql_delete
-from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from quaymirror import audit
+from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import User
 from quaymirror.errors import InvalidRequest, NotFound
+from quaymirror.mirror.models import RepoMirrorConfig
 from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission, RepositoryState
 
-# Quay's repository name rule (util/names.py REPOSITORY_NAME_REGEX).
+# Quay's repository name rule: a lowercase letter or digit, then letters, digits, . _ and -.
 REPOSITORY_NAME_RE = re.compile(r"^[a-z0-9][._a-z0-9-]*$")
 
 
@@ -39,6 +43,41 @@ def require(repository: Repository | None) -> Repository:
     return repository
 
 
+@dataclass(frozen=True)
+class RepositoryDescription:
+    """A repository as one caller sees it."""
+
+    namespace: str
+    name: str
+    kind: str
+    description: str
+    is_public: bool
+    is_organization: bool
+    state: RepositoryState
+    can_write: bool
+    can_admin: bool
+
+
+def describe(repository: Repository, role: str | None) -> RepositoryDescription:
+    """The repository for a caller whose own role is ``role`` (None: none, e.g. anonymous on a public one).
+
+    Quay lets nobody write to a repository that is not NORMAL (read-only, mirrored), admins included.
+    """
+    state = RepositoryState(repository.state)
+    can_write = role is not None and ROLE_RANK[role] >= ROLE_RANK["write"] and state == RepositoryState.NORMAL
+    return RepositoryDescription(
+        namespace=repository.namespace.username,
+        name=repository.name,
+        kind=repository.kind,
+        description=repository.description,
+        is_public=repository.visibility == "public",
+        is_organization=repository.namespace.is_organization,
+        state=state,
+        can_write=can_write,
+        can_admin=role == "admin",
+    )
+
+
 def create(session: Session, namespace: User, name: str, *, visibility: str = "private",
            description: str = "", state: RepositoryState = RepositoryState.NORMAL,
            performer: User | None = None) -> Repository:
@@ -47,7 +86,7 @@ def create(session: Session, namespace: User, name: str, *, visibility: str = "p
         raise InvalidRequest("Robots cannot own repositories")
     if get(session, namespace, name) is not None:
         raise InvalidRequest("Repository already exists")
-    repository = Repository(namespace_id=namespace.id, name=name, visibility=visibility,
+    repository = Repository(namespace_id=namespace.id, namespace=namespace, name=name, visibility=visibility,
                             description=description or "", state=int(state))
     session.add(repository)
     session.flush()
@@ -58,8 +97,6 @@ def create(session: Session, namespace: User, name: str, *, visibility: str = "p
 
 
 def delete(session: Session, repository: Repository, performer: User | None = None) -> None:
-    from quaymirror.mirror.models import RepoMirrorConfig  # mirror depends on repositories, not the reverse
-
     # Lock the mirror configuration before the repository row, in the order the mirror's PUT takes
     # them: the cascade would otherwise lock them the other way round and deadlock with a PUT.
     session.execute(select(RepoMirrorConfig.id).where(RepoMirrorConfig.repository_id == repository.id)
@@ -84,6 +121,14 @@ def change_state(session: Session, repository: Repository, state_name: str,
     session.flush()
 
 
+def grantee(session: Session, username: str) -> User:
+    """The user or robot a permission is about; an organization or an unknown name is Quay's 400."""
+    user = accounts.get_by_name(session, username)
+    if user is None or user.is_organization:
+        raise InvalidRequest(f"Invalid username: {username}")
+    return user
+
+
 def permission_of(session: Session, repository: Repository, user: User) -> RepositoryPermission | None:
     return session.scalars(
         select(RepositoryPermission).where(
@@ -103,12 +148,12 @@ def set_permission(session: Session, repository: Repository, user: User, role: s
     # One conditional UPDATE, then an INSERT when it matched no row: a DELETE of the same permission
     # committed between a read and an ORM update would make that update fail (StaleDataError). Two
     # concurrent INSERTs still collide on the unique constraint: the app answers that as a conflict.
-    changed = session.execute(
+    changed = cast(CursorResult[Any], session.execute(  # an UPDATE's result: it has a rowcount
         update(RepositoryPermission)
         .where(RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id)
         .values(role=role)
         .execution_options(synchronize_session="fetch")
-    )
+    ))
     if changed.rowcount == 0:
         session.add(RepositoryPermission(repository_id=repository.id, user_id=user.id, role=role))
     audit.record(session, "change_repo_permission", repository_id=repository.id,
@@ -131,11 +176,11 @@ def ensure_at_least(session: Session, repository: Repository, user: User, role: 
 def remove_permission(session: Session, repository: Repository, user: User) -> None:
     # One conditional DELETE: a concurrent DELETE of the same permission makes this one a 404, not an
     # ORM delete of a row that is already gone (StaleDataError).
-    removed = session.execute(
+    removed = cast(CursorResult[Any], session.execute(  # a DELETE's result: it has a rowcount
         sql_delete(RepositoryPermission)
         .where(RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id)
         .execution_options(synchronize_session="fetch")
-    )
+    ))
     if removed.rowcount == 0:
         raise NotFound()
 
@@ -148,3 +193,44 @@ def permissions(session: Session, repository: Repository) -> list[RepositoryPerm
             .order_by(RepositoryPermission.id)
         )
     )
+
+
+@dataclass(frozen=True)
+class PermissionEntry:
+    """One role on a repository as Quay lists it; None means the key is left out of the answer."""
+
+    role: str
+    name: str
+    is_robot: bool
+    avatar: accounts.Avatar | None
+    is_org_member: bool | None
+
+
+def _org_members(session: Session, repository: Repository) -> set[str] | None:
+    """The members of the repository's organization; None in a user's namespace (no such key there)."""
+    namespace = repository.namespace
+    if not namespace.is_organization:
+        return None
+    return set(accounts.organization_member_names(session, namespace))
+
+
+def _entry(permission: RepositoryPermission, org_members: set[str] | None) -> PermissionEntry:
+    """``avatar`` only for people; ``is_org_member`` only in organizations."""
+    user = permission.user
+    return PermissionEntry(
+        role=permission.role,
+        name=user.username,
+        is_robot=user.is_robot,
+        avatar=None if user.is_robot else accounts.Avatar(user.username, "user"),
+        is_org_member=accounts.org_member(user, org_members),
+    )
+
+
+def describe_permission(session: Session, repository: Repository, permission: RepositoryPermission) -> PermissionEntry:
+    return _entry(permission, _org_members(session, repository))
+
+
+def describe_permissions(session: Session, repository: Repository) -> dict[str, PermissionEntry]:
+    """Every user's and robot's role on the repository, by name, oldest grant first."""
+    members = _org_members(session, repository)
+    return {p.user.username: _entry(p, members) for p in permissions(session, repository)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+
 import pytest
 from sqlalchemy import select
 
@@ -287,3 +290,39 @@ def test_robot_token_under_another_secret_key_is_null_not_500(client, tokens, ap
     response = other.get("/api/v1/user/robots/dtrobot", headers=tokens.headers("full-devtable"))
     assert response.status_code == 200
     assert response.get_json()["token"] is None
+
+
+def ordered(response) -> list:
+    """The body with every object as its list of (key, value) pairs, in the order the server wrote them."""
+    return json.loads(response.get_data(as_text=True), object_pairs_hook=list)
+
+
+def keys(pairs: list) -> list[str]:
+    return [key for key, _value in pairs]
+
+
+def test_account_bodies_keep_quays_key_order(client, tokens):
+    """Key order as Quay writes it (its organization entry differs from its user entries)."""
+    found = get(client, tokens, "/api/v1/entities/buy?namespace=buynlarge&includeOrgs=true", "full-freshuser")
+    [(_results, [org])] = ordered(found)
+    assert keys(org) == ["name", "kind", "is_org_member", "avatar"]
+    members = get(client, tokens, "/api/v1/entities/fresh?namespace=buynlarge", "full-member")
+    assert keys(ordered(members)[0][1][0]) == ["name", "kind", "is_robot", "avatar", "is_org_member"]
+    plain = get(client, tokens, "/api/v1/entities/fresh")
+    assert keys(ordered(plain)[0][1][0]) == ["name", "kind", "is_robot", "avatar"]
+    user = ordered(get(client, tokens, "/api/v1/user/"))
+    assert keys(user) == ["anonymous", "username", "email", "verified", "kind", "super_user", "is_me",
+                          "organizations"]
+    robot = ordered(get(client, tokens, "/api/v1/user/robots/dtrobot"))
+    assert keys(robot) == ["name", "created", "last_accessed", "description", "token", "unstructured_metadata"]
+    org_view = ordered(get(client, tokens, "/api/v1/organization/buynlarge", "full-freshuser"))
+    assert keys(org_view) == ["name", "email", "is_admin", "is_member", "is_org_admin", "can_create_repo"]
+
+
+def test_robot_created_is_quays_email_date(client, tokens, database):
+    """Quay writes a robot's ``created`` as an e-mail date, in UTC."""
+    with database.transaction() as s:
+        robot = s.scalars(select(User).where(User.username == "devtable+dtrobot")).one()
+        robot.created = datetime(2006, 1, 2, 15, 4, 5, 999999)
+    body = get(client, tokens, "/api/v1/user/robots/dtrobot").get_json()
+    assert body["created"] == "Mon, 02 Jan 2006 15:04:05 -0000"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from quaymirror import audit
 from quaymirror.accounts.models import OrganizationMember, User
@@ -326,3 +326,56 @@ def test_ansible_name_resolution_of_a_personal_namespace(client, world):
                          headers=h).get_json()["results"]
     assert results[0] == {"name": "devtable", "kind": "user", "is_robot": False,
                           "avatar": {"name": "devtable", "kind": "user"}}
+
+
+# --- one read of the caller's access per request ----------------------------------------------
+
+@pytest.fixture
+def access_reads(database):
+    """The SELECTs of a request that read the caller's roles (org membership or direct permission)."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        text = statement.lower()
+        if text.lstrip().startswith("select") and ("organizationmember" in text or "repositorypermission" in text):
+            seen.append(statement)
+
+    engines = {database.engine, database.read_engine}
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    for engine in engines:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+def test_the_repository_get_reads_the_callers_roles_once(client, world, access_reads):
+    """Owner, org admin, direct writer, direct reader: one query says who the caller is to the repository, and
+    can_write/can_admin come from it (no second lookup of the same roles)."""
+    world.repo("buynlarge/shared")
+    world.grant("reader", "devtable/simple", "write")
+    world.grant("reader", "buynlarge/shared", "read")
+    world.token("fresh-full", "freshuser", FULL)
+    world.token("reader-full", "reader", FULL)
+    cases = [
+        ("admin", SIMPLE, True, True),  # devtable owns its namespace
+        ("fresh-full", "/api/v1/repository/buynlarge/shared", True, True),  # buynlarge's admin
+        ("reader-full", SIMPLE, True, False),  # a direct write permission
+        ("reader-full", "/api/v1/repository/buynlarge/shared", False, False),  # a direct read permission
+    ]
+    for label, path, can_write, can_admin in cases:
+        access_reads.clear()
+        body = client.get(path, headers=world.headers(label)).get_json()
+        assert (body["can_write"], body["can_admin"]) == (can_write, can_admin), (label, path, body)
+        assert len(access_reads) == 1, (label, path, access_reads)
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("PUT", f"{SIMPLE}/changestate", {"state": "READ_ONLY"}),
+    ("PUT", f"{SIMPLE}/permissions/user/reader", {"role": "read"}),
+])
+def test_a_write_checks_the_caller_once_before_its_body(client, owner, access_reads, method, path, body):
+    """Auth (401/403) before the body (400) before the repository (404), with one read of the caller's roles."""
+    response = client.open(path, method=method, headers=owner, json=body)
+    assert response.status_code == 200, response.get_json()
+    [access] = [s for s in access_reads if "organizationmember" in s.lower()]
+    assert "repository" in access.lower()
