@@ -1,4 +1,4 @@
-"""Prometheus metrics: Quay's names and labels (behaviour notes §4.8) plus ours, after real syncs.
+"""Prometheus metrics: Quay's names and labels plus ours, after real syncs.
 
 The metrics live in the process's default registry, so the assertions compare
 values before and after each sync instead of absolute values.

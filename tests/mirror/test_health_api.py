@@ -1,5 +1,5 @@
 """GET /api/v1/repository/mirror/health and /api/v1/superuser/mirror/health: Quay's body, rules and auth
-(§2.6), on both backends; QUAYMIRROR_WORKER_REPLICAS (Quay's REPO_MIRROR_WORKER_REPLICAS)."""
+on both backends; QUAYMIRROR_WORKER_REPLICAS (Quay's REPO_MIRROR_WORKER_REPLICAS)."""
 
 from __future__ import annotations
 

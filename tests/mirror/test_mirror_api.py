@@ -367,7 +367,7 @@ def test_put_root_rule_updates_the_configs_own_rule(client, world, admin, databa
 
 
 # ---------------------------------------------------------------------------
-# external_reference: §5.1 through the API
+# external_reference: the format and SSRF checks through the API
 # ---------------------------------------------------------------------------
 
 
@@ -388,7 +388,7 @@ REFERENCE_REJECTIONS = [
     ("quay.io:0/repository", "External registry reference contains an invalid registry port"),
     ("user@quay.io/repository", "External registry reference must include a valid registry hostname"),
     ("bad_host.example.com/repository", "External registry reference must include a valid registry hostname"),
-    # Quay lets these through and then builds broken skopeo references (its bug #35).
+    # Quay lets these through and then builds broken skopeo references (an invalid reference reaches skopeo).
     ("quay.io/team/repository:latest", "External registry reference must not include a tag or digest"),
     ("quay.io/team/repository@sha256:abc", "External registry reference must not include a tag or digest"),
     ("nothing.invalid/team/repo", "Cannot resolve hostname 'nothing.invalid'"),
@@ -641,7 +641,7 @@ def test_delete_username_while_setting_password(client, world, admin):
 
 
 def test_proxy_key_lands_in_a_config_without_proxy(client, world, admin):
-    """Quay's bug #15 dropped the first proxy value when no proxy object was stored."""
+    """Quay drops the first proxy value when no proxy object was stored yet; we keep it."""
     create(client, admin, external_registry_config=DROP)
     assert view(client, admin)["external_registry_config"] == {}
     body = {"external_registry_config": {"proxy": {"https_proxy": "http://proxy.example.test:3128"}}}
