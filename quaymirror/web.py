@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Literal, overload
 from urllib.parse import unquote
 
@@ -16,19 +15,15 @@ from flask import Flask, Response, current_app, g, request
 from marshmallow import Schema, ValidationError
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.pool import PoolProxiedConnection
 from werkzeug.routing import IntegerConverter, Map, RequestRedirect
 
 from quaymirror import errors
-from quaymirror.accounts.models import User
-from quaymirror.auth.permissions import access_params, access_query, decide_repo_role
+from quaymirror.auth.permissions import RepoAccess, repo_access
 from quaymirror.auth.tokens import Caller, current_caller
 from quaymirror.db import Database
-from quaymirror.errors import AuthenticationRequired, Forbidden, InvalidRequest
+from quaymirror.errors import InvalidRequest
 from quaymirror.readcache import Kept, Prepared, R, raw_connection
-from quaymirror.repositories import service as repositories
-from quaymirror.repositories.models import ROLES, Repository
 from quaymirror.schemas import INT64_MAX, Query
 from quaymirror.security.secrets import SecretBox
 from quaymirror.settings import Settings
@@ -119,53 +114,6 @@ def atomic(db_session: Session) -> Iterator[Session]:
 
 
 # ------------------------------------------------------------------ the caller's access to a repository
-_ACCESS = access_query()
-
-
-@dataclass(frozen=True)
-class RepoAccess:
-    """What one query says about the caller and one repository: the namespace and the repository (either may
-    be missing), the caller's role in the namespace's organization and their direct permission."""
-
-    caller: Caller | None
-    namespace: User | None
-    repository: Repository | None
-    org_role: str | None
-    permission_role: str | None
-    superuser_full_access: bool
-
-    def check(self, role: str, *, public_read: bool) -> None:
-        """Quay's rule: 401 anonymous, 403 without ``role`` (a missing namespace looks forbidden too)."""
-        namespace, repository = self.namespace, self.repository
-        decide_repo_role(self.caller, role, namespace_id=namespace.id if namespace is not None else None,
-                         namespace_is_org=namespace is not None and namespace.is_organization,
-                         repository_visibility=repository.visibility if repository is not None else None,
-                         org_role=self.org_role, permission_role=self.permission_role,
-                         superuser_full_access=self.superuser_full_access, public_read=public_read)
-
-    def holds(self, role: str) -> bool:
-        """Whether the caller has ``role`` themselves (a public repository's visibility gives no role)."""
-        try:
-            self.check(role, public_read=False)
-        except (AuthenticationRequired, Forbidden):
-            return False
-        return True
-
-    @property
-    def role(self) -> str | None:
-        """The caller's highest role on the repository, by the same rule as the check."""
-        return next((role for role in reversed(ROLES) if self.holds(role)), None)
-
-    @property
-    def performer(self) -> User | None:
-        """Who acts, for the audit log."""
-        return self.caller.user if self.caller is not None else None
-
-    def require(self) -> Repository:
-        """The repository, or 404: asked after the body was read, so Quay's order holds (auth, body, 404)."""
-        return repositories.require(self.repository)
-
-
 def authorize_repo(namespace: str, repository: str, role: str, *, public_read: bool = True) -> RepoAccess:
     """The one way a repository's resource starts: the caller's ``role`` on ``namespace/repository`` in one
     query (401/403 here), as Quay checks it before anything else. Then the resource reads its body, and
@@ -174,12 +122,8 @@ def authorize_repo(namespace: str, repository: str, role: str, *, public_read: b
     ``public_read``: ``read`` on a public repository passes for anyone (Quay's repository GET); the mirror
     endpoints never read publicly.
     """
-    who = caller(required=False)
-    row = session().execute(_ACCESS, access_params(who, namespace, repository)).first()
-    ns, repo, org_role, permission_role = row if row is not None else (None, None, None, None)
-    if repo is not None:
-        set_committed_value(repo, "namespace", ns)  # the row has it: no lazy load later
-    access = RepoAccess(who, ns, repo, org_role, permission_role, settings().superusers_full_access)
+    access = repo_access(session(), caller(required=False), namespace, repository,
+                         superuser_full_access=settings().superusers_full_access)
     access.check(role, public_read=public_read)
     return access
 

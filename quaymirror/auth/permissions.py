@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, false, select
@@ -11,8 +12,8 @@ from sqlalchemy.orm.attributes import set_committed_value
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import scopes, tokens
 from quaymirror.auth.tokens import Caller, Principal
-from quaymirror.errors import AuthenticationRequired, Forbidden
-from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission
+from quaymirror.errors import AuthenticationRequired, Forbidden, NotFound
+from quaymirror.repositories.models import ROLE_RANK, ROLES, Repository, RepositoryPermission, answers_missing
 
 
 def namespace_by_name(session: Session, name: str) -> User | None:
@@ -161,7 +162,7 @@ def decide_repo_role(
     superuser_full_access: bool,
     public_read: bool,
 ) -> None:
-    """The rules of :func:`require_repo_role` from values (raise 401/403, else pass): the one decision of
+    """Quay's rule for a role on a repository, from values (raise 401/403, else pass): the one decision of
     the ORM path and of hot reads that select these values themselves.
 
     ``namespace_id`` None: no such namespace; ``repository_visibility`` None: no such repository;
@@ -183,32 +184,63 @@ def decide_repo_role(
         raise Forbidden()
 
 
-def require_repo_role(
-    session: Session,
-    caller: Caller | None,
-    namespace_name: str,
-    repo_name: str,
-    role: str,
-    *,
-    superuser_full_access: bool = False,
-    public_read: bool = True,
-) -> tuple[User | None, Repository | None]:
-    """Check ``role`` on ns/repo the way Quay does; return the namespace and repository (either may be None).
+@dataclass(frozen=True)
+class RepoAccess:
+    """What one query says about the caller and one repository: the namespace and the repository (either may
+    be missing), the caller's role in the namespace's organization and their direct permission."""
 
-    Anonymous → 401; authenticated without the role → 403; a missing namespace
-    is indistinguishable from a forbidden one (403); a missing repository in a
-    namespace the caller administers passes, so the handler answers 404.
-    """
+    caller: Caller | None
+    namespace: User | None
+    repository: Repository | None
+    org_role: str | None
+    permission_role: str | None
+    superuser_full_access: bool
+
+    def check(self, role: str, *, public_read: bool) -> None:
+        """Quay's rule (:func:`decide_repo_role`): 401 anonymous, 403 without ``role`` (a missing namespace
+        looks forbidden too); a missing repository in a namespace the caller administers passes, so the
+        resource answers 404."""
+        namespace, repository = self.namespace, self.repository
+        decide_repo_role(self.caller, role, namespace_id=namespace.id if namespace is not None else None,
+                         namespace_is_org=namespace is not None and namespace.is_organization,
+                         repository_visibility=repository.visibility if repository is not None else None,
+                         org_role=self.org_role, permission_role=self.permission_role,
+                         superuser_full_access=self.superuser_full_access, public_read=public_read)
+
+    def holds(self, role: str) -> bool:
+        """Whether the caller has ``role`` themselves (a public repository's visibility gives no role)."""
+        try:
+            self.check(role, public_read=False)
+        except (AuthenticationRequired, Forbidden):
+            return False
+        return True
+
+    @property
+    def role(self) -> str | None:
+        """The caller's highest role on the repository, by the same rule as the check."""
+        return next((role for role in reversed(ROLES) if self.holds(role)), None)
+
+    @property
+    def performer(self) -> User | None:
+        """Who acts, for the audit log."""
+        return self.caller.user if self.caller is not None else None
+
+    def require(self) -> Repository:
+        """The repository, or 404 (also for one marked for deletion): asked after the body was read, so
+        Quay's order holds (auth, body, 404)."""
+        if self.repository is None or answers_missing(self.repository.state):
+            raise NotFound()
+        return self.repository
+
+
+def repo_access(session: Session, caller: Caller | None, namespace_name: str, repo_name: str, *,
+                superuser_full_access: bool) -> RepoAccess:
+    """The caller's access to ``namespace_name/repo_name``, in one query (checked with ``.check``)."""
     row = session.execute(_ACCESS, access_params(caller, namespace_name, repo_name)).first()
     namespace, repository, org_role, permission_role = row if row is not None else (None, None, None, None)
     if repository is not None:
-        set_committed_value(repository, "namespace", namespace)
-    decide_repo_role(caller, role, namespace_id=namespace.id if namespace is not None else None,
-                     namespace_is_org=namespace is not None and namespace.is_organization,
-                     repository_visibility=repository.visibility if repository is not None else None,
-                     org_role=org_role, permission_role=permission_role,
-                     superuser_full_access=superuser_full_access, public_read=public_read)
-    return namespace, repository
+        set_committed_value(repository, "namespace", namespace)  # the row has it: no lazy load later
+    return RepoAccess(caller, namespace, repository, org_role, permission_role, superuser_full_access)
 
 
 def require_namespace_admin(

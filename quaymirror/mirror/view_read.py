@@ -1,7 +1,7 @@
 """GET /mirror, the one hot read: its statement, its row, the authorisation decision and the body.
 
-GET /mirror is the endpoint clients poll. Its answer is the ORM path's (``require_repo_role`` +
-``repositories.require`` + ``service.describe_config`` + ``ViewMirrorConfig``), which stays the
+GET /mirror is the endpoint clients poll. Its answer is the ORM path's (``web.authorize_repo`` +
+``RepoAccess.require`` + ``service.describe_config`` + ``ViewMirrorConfig``), which stays the
 specification, at a fraction of the cost:
 
 * one statement authenticates the bearer token (by its hash) and reads the namespace, the repository,
@@ -32,8 +32,7 @@ from quaymirror.mirror import service
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
 from quaymirror.mirror.schemas import dump_view
 from quaymirror.readcache import Prepared
-from quaymirror.repositories import service as repositories
-from quaymirror.repositories.models import Repository, RepositoryPermission
+from quaymirror.repositories.models import Repository, RepositoryPermission, answers_missing
 
 
 class MirrorViewRow(NamedTuple):
@@ -124,7 +123,7 @@ def read_view(namespace: str, repository: str) -> str:
     decide_repo_role(caller, "admin", namespace_id=row.ns_id, namespace_is_org=row.ns_is_org,
                      repository_visibility=row.repo_visibility, org_role=row.org_role,
                      permission_role=row.permission_role, superuser_full_access=full_access, public_read=False)
-    if row.repo_state is None or repositories.answers_missing(row.repo_state) or row.config_id is None:
+    if row.repo_state is None or answers_missing(row.repo_state) or row.config_id is None:
         raise NotFound()
     return kept.derive(lambda row: _body(row, f"{namespace}/{repository}"))
 

@@ -22,6 +22,11 @@ class RepositoryState(enum.IntEnum):
     ORG_MIRROR = 4
 
 
+def answers_missing(state: int) -> bool:
+    """A repository marked for deletion answers as if it did not exist (a 404)."""
+    return state == RepositoryState.MARKED_FOR_DELETION
+
+
 # The states a client or the CLI may set; the others are the system's own (deletion, organization mirroring).
 SETTABLE_STATES = (RepositoryState.NORMAL, RepositoryState.READ_ONLY, RepositoryState.MIRROR)
 

@@ -32,17 +32,6 @@ def get(session: Session, namespace: User, name: str) -> Repository | None:
     ).first()
 
 
-def answers_missing(state: int) -> bool:
-    """A repository marked for deletion answers as if it did not exist (a 404)."""
-    return state == RepositoryState.MARKED_FOR_DELETION
-
-
-def require(repository: Repository | None) -> Repository:
-    if repository is None or answers_missing(repository.state):
-        raise NotFound()
-    return repository
-
-
 @dataclass(frozen=True)
 class RepositoryDescription:
     """A repository as one caller sees it."""

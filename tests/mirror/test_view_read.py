@@ -1,7 +1,7 @@
 """GET /mirror's hot read (mirror/view_read.py) answers exactly what the ORM path answers.
 
-The ORM path is the specification: ``require_repo_role`` (the caller loaded through the request's
-session), ``repositories.require``, ``service.require``, ``service.describe_config`` and the
+The ORM path is the specification: ``web.authorize_repo`` (the caller loaded through the request's
+session, what every repository resource starts with), ``RepoAccess.require``, ``service.require``, ``service.describe_config`` and the
 ``ViewMirrorConfig`` schema, errors rendered by the app's own renderer. The hot path is the real GET
 through the app: one prepared statement, the caller from its own columns, the read cache and the body
 kept with the cached row. For every caller kind and every target (and, on the mirrored repository, every
@@ -29,7 +29,6 @@ from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import OrganizationMember
 from quaymirror.app import render_error
 from quaymirror.auth.models import AccessToken
-from quaymirror.auth.permissions import require_repo_role
 from quaymirror.auth.tokens import hash_token
 from quaymirror.errors import dumps
 from quaymirror.mirror import service
@@ -164,10 +163,7 @@ def orm_answer(app: Flask, namespace: str, repository: str, headers: dict[str, s
     with app.test_request_context(f"/api/v1/repository/{namespace}/{repository}/mirror", headers=headers):
         try:
             session = web.session()
-            _ns, repo = require_repo_role(session, web.caller(required=False), namespace, repository, "admin",
-                                          superuser_full_access=web.settings().superusers_full_access,
-                                          public_read=False)
-            repo = repositories.require(repo)
+            repo = web.authorize_repo(namespace, repository, "admin", public_read=False).require()
             config = service.require(session, repo)
             return 200, dumps(ViewMirrorConfig().dump(service.describe_config(config, repo, web.secret_box()))).encode()
         except Exception as error:  # noqa: BLE001 - every error leaves through the app's renderer

@@ -48,22 +48,23 @@ def _check(reg: Registry, client: RegistryClient, tmp_path: Path, creds: bool = 
 
 
 def test_head_digests_equal_skopeo_open(registry, tmp_path):
-    _check(registry, RegistryClient(registry.host, tls_verify=False), tmp_path)
+    _check(registry, RegistryClient(registry.host, tls_verify=False, trust_host=True), tmp_path)
 
 
 def test_head_digests_equal_skopeo_htpasswd(auth_registry, tmp_path):
-    client = RegistryClient(auth_registry.host, username=AUTH_USERNAME, password=AUTH_PASSWORD, tls_verify=False)
+    client = RegistryClient(auth_registry.host, username=AUTH_USERNAME, password=AUTH_PASSWORD, tls_verify=False,
+                            trust_host=True)
     _check(auth_registry, client, tmp_path, creds=True)
 
 
 def test_head_digests_equal_skopeo_tls(tls_registry, tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_registry.cert_dir / "ca.crt"))
-    _check(tls_registry, RegistryClient(tls_registry.host, tls_verify=True), tmp_path)
+    _check(tls_registry, RegistryClient(tls_registry.host, tls_verify=True, trust_host=True), tmp_path)
 
 
 def test_kept_alive_connection_survives_a_server_side_close(registry, tmp_path):
     digests = push_images(registry, "ns/r", ["a"], workdir=tmp_path / "img")
-    client = RegistryClient(registry.host, tls_verify=False)
+    client = RegistryClient(registry.host, tls_verify=False, trust_host=True)
     assert client.manifest_digest("ns/r", "a") == digests["a"]
     [conn] = client._open
     conn.sock.close()  # as if the registry dropped the idle connection
@@ -138,7 +139,7 @@ def test_rate_limit_headers_are_honoured():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        client = RegistryClient(f"127.0.0.1:{server.server_port}", tls_verify=False, timeout=5)
+        client = RegistryClient(f"127.0.0.1:{server.server_port}", tls_verify=False, timeout=5, trust_host=True)
         assert client.manifest_digest("ns/r", "ok") == "sha256:" + "0" * 64
         assert client.rate_limit_remaining == 0
         with pytest.raises(RateLimited, match="429.*Retry-After 60"):

@@ -75,7 +75,7 @@ def test_one_tls_context_serves_every_connection_of_a_client(verify, tls_registr
     real = ssl.create_default_context
     monkeypatch.setattr(ssl, "create_default_context", lambda *a, **k: built.append(1) or real(*a, **k))
     digests = push_images(tls_registry, "ns/r", ["a", "b"], workdir=tmp_path / "img")
-    client = RegistryClient(tls_registry.host, tls_verify=verify)
+    client = RegistryClient(tls_registry.host, tls_verify=verify, trust_host=True)
     found: dict[str, str | None] = {}
 
     def head(tag: str) -> None:

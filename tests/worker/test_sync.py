@@ -213,10 +213,11 @@ def test_prune_never_deletes_a_manifest_a_kept_tag_uses(registry, dest, dsetting
 
 def test_registry_client_reads_digests_like_the_harness(auth_registry, tmp_path):
     digests = push_images(auth_registry, "ns/r", ["x", "y"], workdir=tmp_path / "img")
-    client = RegistryClient(auth_registry.host, username=AUTH_USERNAME, password=AUTH_PASSWORD, tls_verify=False)
+    client = RegistryClient(auth_registry.host, username=AUTH_USERNAME, password=AUTH_PASSWORD, tls_verify=False,
+                            trust_host=True)
     assert {t: client.manifest_digest("ns/r", t) for t in client.tags("ns/r")} == digests
     assert client.manifest_digest("ns/r", "nope") is None
     assert client.tags("ns/none") == []
-    anonymous = RegistryClient(auth_registry.host, tls_verify=False)
+    anonymous = RegistryClient(auth_registry.host, tls_verify=False, trust_host=True)
     with pytest.raises(Exception, match="401"):
         anonymous.manifest_digest("ns/r", "x")

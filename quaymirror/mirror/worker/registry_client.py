@@ -107,13 +107,13 @@ class RegistryClient:
 
     ``allowed_hosts`` is the SSRF allow list applied to every host it connects
     to. ``trust_host`` exempts ``host`` itself (any port) from the SSRF rules:
-    the operator's own ``docker://`` destination; the upstream client passes
-    False, so even its own host is checked every time it connects.
+    the operator's own ``docker://`` destination says so; by default (the
+    upstream client) even its own host is checked every time it connects.
     """
 
     def __init__(self, host: str, *, username: str | None = None, password: str | None = None,
                  tls_verify: bool = True, timeout: float = TIMEOUT, allowed_hosts: Iterable[str] = (),
-                 trust_host: bool = True) -> None:
+                 trust_host: bool = False) -> None:
         self.host = host
         split = urllib.parse.urlsplit(f"//{host}")
         self._hostname = split.hostname or host
