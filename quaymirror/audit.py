@@ -15,7 +15,6 @@ from quaymirror.db import Base, utcnow
 class LogEntry(Base):
     __tablename__ = "logentry"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     kind: Mapped[str] = mapped_column(String(64), index=True)
     repository_id: Mapped[int | None] = mapped_column(
         Integer, ForeignKey("repository.id", ondelete="SET NULL"), index=True

@@ -7,10 +7,10 @@ import errno
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import version
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from quaymirror.settings import Settings, SettingsError
 
@@ -90,6 +90,14 @@ def cmd_user_create(args, settings: Settings) -> None:
     print(args.name)
 
 
+def _split(value: str, separator: str, usage: str) -> tuple[str, str]:
+    """``NAMESPACE<separator>NAME`` as its two parts; ``usage`` is the error for anything else."""
+    first, found, second = value.partition(separator)
+    if not found or separator in second:
+        raise CliError(usage)
+    return first, second
+
+
 def cmd_org_create(args, settings: Settings) -> None:
     from quaymirror.accounts import service as accounts
 
@@ -103,9 +111,7 @@ def cmd_repo_create(args, settings: Settings) -> None:
     from quaymirror.repositories import service as repositories
     from quaymirror.repositories.models import RepositoryState
 
-    if args.path.count("/") != 1:
-        raise CliError("repository must be given as NAMESPACE/NAME")
-    namespace_name, name = args.path.split("/")
+    namespace_name, name = _split(args.path, "/", "repository must be given as NAMESPACE/NAME")
     with _database(settings) as database, database.transaction() as session:
         namespace = _user(session, namespace_name)
         if namespace.is_robot:
@@ -120,9 +126,7 @@ def cmd_robot_create(args, settings: Settings) -> None:
     from quaymirror.accounts import service as accounts
     from quaymirror.security.secrets import SecretBox
 
-    if args.name.count("+") != 1:
-        raise CliError("robot must be given as NAMESPACE+SHORTNAME")
-    namespace_name, short = args.name.split("+")
+    namespace_name, short = _split(args.name, "+", "robot must be given as NAMESPACE+SHORTNAME")
     with _database(settings) as database, database.transaction() as session:
         namespace = _user(session, namespace_name)
         _robot, token = _run_service(
@@ -134,9 +138,7 @@ def cmd_robot_create(args, settings: Settings) -> None:
 def cmd_permission_grant(args, settings: Settings) -> None:
     from quaymirror.repositories import service as repositories
 
-    if args.repository.count("/") != 1:
-        raise CliError("repository must be given as NAMESPACE/NAME")
-    namespace_name, name = args.repository.split("/")
+    namespace_name, name = _split(args.repository, "/", "repository must be given as NAMESPACE/NAME")
     with _database(settings) as database, database.transaction() as session:
         user = _user(session, args.user)
         namespace = _user(session, namespace_name)
@@ -203,6 +205,20 @@ def port_number(raw: str) -> int:
     return port
 
 
+def _group(commands: Any, name: str, help: str, description: str) -> Any:
+    """A command with subcommands (``quaymirror NAME COMMAND``); argparse's subparsers action."""
+    return commands.add_parser(name, help=help, description=description).add_subparsers(
+        dest="sub", required=True, metavar="COMMAND")
+
+
+def _command(group: Any, name: str, help: str, description: str,
+             func: Callable[[argparse.Namespace, Settings], None]) -> argparse.ArgumentParser:
+    """A subcommand of ``group`` that runs ``func(args, settings)``; its arguments are added by the caller."""
+    parser: argparse.ArgumentParser = group.add_parser(name, help=help, description=description)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from quaymirror.auth.scopes import ALL_SCOPES
     from quaymirror.repositories.models import ROLES, RepositoryState
@@ -218,61 +234,45 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Apply the migrations up to this version's schema.",
                            ).set_defaults(func=cmd_db_upgrade)
 
-    user = commands.add_parser("user", help="users", description="Users.").add_subparsers(
-        dest="sub", required=True, metavar="COMMAND")
-    user_create = user.add_parser("create", help="create a user", description="Create a user; prints its name.")
+    user_create = _command(_group(commands, "user", "users", "Users."), "create", "create a user",
+                           "Create a user; prints its name.", cmd_user_create)
     user_create.add_argument("name", help="the user name")
     user_create.add_argument("--email", help="the user's e-mail address (default: none)")
     user_create.add_argument("--superuser", action="store_true", help="make the user a superuser (default: not)")
-    user_create.set_defaults(func=cmd_user_create)
 
-    org = commands.add_parser("org", help="organizations", description="Organizations.").add_subparsers(
-        dest="sub", required=True, metavar="COMMAND")
-    org_create = org.add_parser("create", help="create an organization",
-                                description="Create an organization; prints its name.")
+    org_create = _command(_group(commands, "org", "organizations", "Organizations."), "create",
+                          "create an organization", "Create an organization; prints its name.", cmd_org_create)
     org_create.add_argument("name", help="the organization name")
     org_create.add_argument("--owner", required=True, metavar="USER",
                             help="the user who owns it (required: there is no default)")
-    org_create.set_defaults(func=cmd_org_create)
 
     states = [state.name for state in (RepositoryState.NORMAL, RepositoryState.READ_ONLY, RepositoryState.MIRROR)]
-    repo = commands.add_parser("repo", help="repositories", description="Repositories.").add_subparsers(
-        dest="sub", required=True, metavar="COMMAND")
-    repo_create = repo.add_parser("create", help="create a repository",
-                                  description="Create a repository; prints NAMESPACE/NAME.")
+    repo_create = _command(_group(commands, "repo", "repositories", "Repositories."), "create",
+                           "create a repository", "Create a repository; prints NAMESPACE/NAME.", cmd_repo_create)
     repo_create.add_argument("path", metavar="NAMESPACE/NAME", help="the owning user or organization and the name")
     repo_create.add_argument("--state", choices=states, default=RepositoryState.NORMAL.name,
                              help="the repository's state: %(choices)s (default: %(default)s)")
-    repo_create.set_defaults(func=cmd_repo_create)
 
-    robot = commands.add_parser("robot", help="robot accounts", description="Robot accounts.").add_subparsers(
-        dest="sub", required=True, metavar="COMMAND")
-    robot_create = robot.add_parser("create", help="create a robot and print its token",
-                                    description="Create a robot account; prints its token.")
+    robot_create = _command(_group(commands, "robot", "robot accounts", "Robot accounts."), "create",
+                            "create a robot and print its token", "Create a robot account; prints its token.",
+                            cmd_robot_create)
     robot_create.add_argument("name", metavar="NAMESPACE+SHORT", help="the owning namespace and the robot's name")
-    robot_create.set_defaults(func=cmd_robot_create)
 
-    permission = commands.add_parser("permission", help="repository permissions",
-                                     description="Repository permissions.").add_subparsers(
-        dest="sub", required=True, metavar="COMMAND")
-    grant = permission.add_parser("grant", help="grant a role on a repository",
-                                  description="Grant a user or robot a role on a repository (replacing its role).")
+    grant = _command(_group(commands, "permission", "repository permissions", "Repository permissions."), "grant",
+                     "grant a role on a repository",
+                     "Grant a user or robot a role on a repository (replacing its role).", cmd_permission_grant)
     grant.add_argument("user", metavar="USER_OR_ROBOT", help="the user, or the robot as NAMESPACE+SHORT")
     grant.add_argument("repository", metavar="NAMESPACE/NAME", help="the repository")
     grant.add_argument("role", choices=ROLES, help="the role: %(choices)s")
-    grant.set_defaults(func=cmd_permission_grant)
 
-    token = commands.add_parser("token", help="OAuth access tokens",
-                                description="OAuth access tokens.").add_subparsers(
-        dest="sub", required=True, metavar="COMMAND")
-    token_create = token.add_parser("create", help="create a token and print it",
-                                    description="Create an OAuth access token; prints it.")
+    token_create = _command(_group(commands, "token", "OAuth access tokens", "OAuth access tokens."), "create",
+                            "create a token and print it", "Create an OAuth access token; prints it.",
+                            cmd_token_create)
     token_create.add_argument("--user", required=True, help="the user or robot the token acts as (required)")
     token_create.add_argument("--scope", action="append", required=True,
                               help=f"a scope to grant, repeatable (required): {', '.join(ALL_SCOPES)}")
     token_create.add_argument("--expires-in", type=int, metavar="SECONDS",
                               help="seconds until the token expires (default: never)")
-    token_create.set_defaults(func=cmd_token_create)
 
     serve = commands.add_parser("serve", help="run the API (and the worker) with gunicorn",
                                 description="Run the API with gunicorn, with the mirror worker in its process "

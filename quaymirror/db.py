@@ -6,10 +6,11 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event, text
+from sqlalchemy import ForeignKey, MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, Session, mapped_column, sessionmaker
 
 from quaymirror.readcache import ReadCache
 from quaymirror.settings import Settings
@@ -25,7 +26,18 @@ NAMING = {
 
 
 class Base(DeclarativeBase):
+    """Every table's base: the constraint names alembic expects, and the integer ``id`` each table's rows
+    are known by (Quay's tables all have one)."""
+
     metadata = MetaData(naming_convention=NAMING)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+def owned_by(table: str) -> MappedColumn[Any]:
+    """A column naming the ``table`` row this row belongs to: deleted with it (``ON DELETE CASCADE``) and
+    indexed, since every such row is looked up by its owner."""
+    return mapped_column(ForeignKey(f"{table}.id", ondelete="CASCADE"), index=True)
 
 
 def utcnow() -> datetime:

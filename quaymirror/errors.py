@@ -34,11 +34,19 @@ def json_response(payload: Any, status: int, headers: dict[str, str] | None = No
 
 
 class ApiError(Exception):
-    """Quay's ApiError: ``{detail, error_message, error_type, title, type, status}``."""
+    """Quay's ApiError: ``{detail, error_message, error_type, title, type, status}``.
+
+    Each kind says its status, Quay's ``error_type`` and the detail it answers with when given none, as
+    class keywords: ``class NotFound(ApiError, status=404, error_type="not_found", detail="Not Found")``.
+    """
 
     status = 500
     error_type = "internal_error"
     default_detail = "Internal Server Error"
+
+    def __init_subclass__(cls, *, status: int, error_type: str, detail: str, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status, cls.error_type, cls.default_detail = status, error_type, detail
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.default_detail)
@@ -59,46 +67,35 @@ class ApiError(Exception):
         return json_response(self.body(), self.status)
 
 
-class InvalidRequest(ApiError):
-    status = 400
-    error_type = "invalid_request"
-    default_detail = "Invalid request"
+class InvalidRequest(ApiError, status=400, error_type="invalid_request", detail="Invalid request"):
+    pass
 
 
-class NotFound(ApiError):
-    status = 404
-    error_type = "not_found"
-    default_detail = "Not Found"
+class NotFound(ApiError, status=404, error_type="not_found", detail="Not Found"):
+    pass
 
 
-class AuthenticationRequired(ApiError):
-    status = 401
-    error_type = "invalid_token"
-    default_detail = "Requires authentication"
+class AuthenticationRequired(ApiError, status=401, error_type="invalid_token", detail="Requires authentication"):
+    pass
 
 
-class Forbidden(ApiError):
-    status = 403
-    error_type = "insufficient_scope"
-    default_detail = "Unauthorized"
+class Forbidden(ApiError, status=403, error_type="insufficient_scope", detail="Unauthorized"):
+    pass
 
 
-class MethodNotAllowed(ApiError):
-    status = 405
-    error_type = "method_not_allowed"
-    default_detail = "The method is not allowed for the requested URL."
+class MethodNotAllowed(ApiError, status=405, error_type="method_not_allowed",
+                       detail="The method is not allowed for the requested URL."):
+    pass
 
 
-class RequestTooLarge(ApiError):
-    status = 413
-    error_type = "request_too_large"
-    default_detail = "The request body is larger than 1 MiB."
+class RequestTooLarge(ApiError, status=413, error_type="request_too_large",
+                      detail="The request body is larger than 1 MiB."):
+    pass
 
 
-class ServiceUnavailable(ApiError):
-    status = 503
-    error_type = "service_unavailable"
-    default_detail = "The database is unavailable; try again shortly."
+class ServiceUnavailable(ApiError, status=503, error_type="service_unavailable",
+                         detail="The database is unavailable; try again shortly."):
+    pass
 
 
 class PlainError(Exception):

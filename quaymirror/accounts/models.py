@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, ForeignKey, String, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from quaymirror.db import Base, utcnow
+from quaymirror.db import Base, owned_by, utcnow
 
 
 class User(Base):
@@ -15,7 +15,6 @@ class User(Base):
 
     __tablename__ = "user"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(255), unique=True)
     email: Mapped[str | None] = mapped_column(String(255))
     is_organization: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -25,10 +24,10 @@ class User(Base):
     # Robots only: the secret, encrypted with the instance key (Quay returns it on GET).
     robot_token: Mapped[str | None] = mapped_column(String(1024))
     # Robots only: the namespace that owns the robot.
-    robot_namespace_id: Mapped[int | None] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    robot_namespace_id: Mapped[int | None] = owned_by("user")
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
-    robot_namespace: Mapped[User | None] = relationship(remote_side=[id])
+    robot_namespace: Mapped[User | None] = relationship(remote_side="User.id")
 
     @property
     def kind(self) -> str:
@@ -47,7 +46,6 @@ class OrganizationMember(Base):
     __tablename__ = "organizationmember"
     __table_args__ = (UniqueConstraint("organization_id", "user_id"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    organization_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    organization_id: Mapped[int] = owned_by("user")
+    user_id: Mapped[int] = owned_by("user")
     role: Mapped[str] = mapped_column(String(16), default="member")

@@ -7,6 +7,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -245,8 +246,7 @@ def describe_organization(session: Session, caller: Caller, org: User) -> Organi
     )
 
 
-@dataclass(frozen=True)
-class Avatar:
+class Avatar(NamedTuple):
     """Quay's avatar of an entity: its name and kind (``user``, ``robot`` or ``org``)."""
 
     name: str

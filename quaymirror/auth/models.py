@@ -5,11 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy import DateTime, ForeignKey, String
+from sqlalchemy import DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from quaymirror.accounts.models import User
-from quaymirror.db import Base, utcnow
+from quaymirror.db import Base, owned_by, utcnow
 
 
 class _TokenFields(Protocol):
@@ -40,8 +40,7 @@ class BearerChecks:
 class AccessToken(BearerChecks, Base):
     __tablename__ = "oauthaccesstoken"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = owned_by("user")
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scope: Mapped[str] = mapped_column(String(2048))
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from quaymirror.accounts.models import User
-from quaymirror.db import Base, utcnow
+from quaymirror.db import Base, owned_by, utcnow
 from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 from quaymirror.repositories.models import Repository
 
@@ -121,9 +121,8 @@ def decode_architectures(text: str | None) -> list[str]:
 class RepoMirrorRule(Base):
     __tablename__ = "repomirrorrule"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), default=new_uuid, unique=True)
-    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"), index=True)
+    repository_id: Mapped[int] = owned_by("repository")
     creation_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     rule_type: Mapped[int] = mapped_column(Integer, default=RepoMirrorRuleType.TAG_GLOB_CSV, index=True)
     rule_value_json: Mapped[str] = mapped_column("rule_value", Text)
@@ -145,7 +144,6 @@ class RepoMirrorConfig(Base):
         Index("ix_repomirrorconfig_expiration", "sync_expiration_date"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"), unique=True)
     creation_date: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     is_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -223,7 +221,6 @@ class RepoMirrorWorker(Base):
 
     __tablename__ = "repomirrorworker"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     owner: Mapped[str] = mapped_column(String(255), unique=True)  # the worker's lease_owner, "host:pid:hex"
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
@@ -238,7 +235,6 @@ class MirrorSyncRun(Base):
     __tablename__ = "repomirrorsyncrun"
     __table_args__ = (Index("ix_repomirrorsyncrun_repository_id_id", "repository_id", "id"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
     repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"))
     # Kept when the configuration is deleted, so the history outlives it.
     config_id: Mapped[int | None] = mapped_column(
@@ -266,8 +262,7 @@ class MirrorSyncTag(Base):
 
     __tablename__ = "repomirrorsynctag"
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("repomirrorsyncrun.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = owned_by("repomirrorsyncrun")
     tag: Mapped[str] = mapped_column(String(128))
     digest: Mapped[str | None] = mapped_column(String(80))
     outcome: Mapped[str] = mapped_column(String(16))
@@ -284,8 +279,7 @@ class MirrorOwnedTag(Base):
     __tablename__ = "repomirrortag"
     __table_args__ = (UniqueConstraint("config_id", "tag"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    config_id: Mapped[int] = mapped_column(ForeignKey("repomirrorconfig.id", ondelete="CASCADE"), index=True)
+    config_id: Mapped[int] = owned_by("repomirrorconfig")
     tag: Mapped[str] = mapped_column(String(128))
     digest: Mapped[str] = mapped_column(String(80))
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import DateTime, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from quaymirror.accounts.models import User
-from quaymirror.db import Base, utcnow
+from quaymirror.db import Base, owned_by, utcnow
 
 
 class RepositoryState(enum.IntEnum):
@@ -38,8 +38,7 @@ class Repository(Base):
     __tablename__ = "repository"
     __table_args__ = (UniqueConstraint("namespace_id", "name"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    namespace_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    namespace_id: Mapped[int] = owned_by("user")
     name: Mapped[str] = mapped_column(String(255))
     visibility: Mapped[str] = mapped_column(String(16), default="private")
     description: Mapped[str] = mapped_column(String(4096), default="")
@@ -60,9 +59,8 @@ class RepositoryPermission(Base):
     __tablename__ = "repositorypermission"
     __table_args__ = (UniqueConstraint("repository_id", "user_id"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"), index=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), index=True)
+    repository_id: Mapped[int] = owned_by("repository")
+    user_id: Mapped[int] = owned_by("user")
     role: Mapped[str] = mapped_column(String(16))
 
     user: Mapped[User] = relationship()

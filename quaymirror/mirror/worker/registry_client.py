@@ -354,12 +354,9 @@ class RegistryClient:
 
     def manifest_head(self, repository: str, reference: str) -> ManifestHead | None:
         """The digest and media type of ``repository:reference`` from a ``HEAD``; None when it does not exist."""
-        resp = self._request("HEAD", f"/v2/{_quote(repository)}/manifests/{urllib.parse.quote(reference, safe=':')}",
-                             {"Accept": MANIFEST_ACCEPT}, scope=f"repository:{repository}:pull")
-        if resp.status == 404:
+        resp = self._manifest_request("HEAD", repository, reference)
+        if resp is None:
             return None
-        if resp.status != 200:
-            raise RegistryError(f"HEAD {repository}:{reference} answered HTTP {resp.status}", resp.status)
         digest = resp.headers.get("Docker-Content-Digest")
         if not digest:
             raise RegistryError(f"HEAD {repository}:{reference}: no Docker-Content-Digest header")
@@ -367,13 +364,21 @@ class RegistryClient:
         return ManifestHead(digest, media_type)
 
     def manifest(self, repository: str, reference: str) -> bytes | None:
-        resp = self._request("GET", f"/v2/{_quote(repository)}/manifests/{urllib.parse.quote(reference, safe=':')}",
+        """The manifest's bytes as the registry stores them; None when it does not exist."""
+        resp = self._manifest_request("GET", repository, reference)
+        return resp.body if resp is not None else None
+
+    def _manifest_request(self, method: str, repository: str, reference: str) -> Response | None:
+        """``method`` on ``repository``'s manifest ``reference`` (a tag or digest): the 200 answer, None on
+        404, else RegistryError."""
+        resp = self._request(method, f"/v2/{_quote(repository)}/manifests/{urllib.parse.quote(reference, safe=':')}",
                              {"Accept": MANIFEST_ACCEPT}, scope=f"repository:{repository}:pull")
         if resp.status == 404:
             return None
         if resp.status != 200:
-            raise RegistryError(f"GET manifest {repository}:{reference} answered HTTP {resp.status}", resp.status)
-        return resp.body
+            raise RegistryError(f"{method} manifest {repository}:{reference} answered HTTP {resp.status}",
+                                resp.status)
+        return resp
 
     def tags(self, repository: str, *, missing_ok: bool = True) -> list[str]:
         """Every tag of ``repository`` (following ``Link`` pagination); [] when it does not exist (or a 404
