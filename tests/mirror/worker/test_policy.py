@@ -1,12 +1,20 @@
 """The retry and lease policy on its own: the numbers the status module, the runner, the copy step, the
-registry client and the LISTEN connection take from it."""
+registry client and the LISTEN connection take from it; and the schedule grid."""
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 
 from quaymirror.mirror.worker import policy, reasons
-from quaymirror.mirror.worker.policy import Backoff, FailureCooldown, LeasePolicy, NextTry, after_run
+from quaymirror.mirror.worker.policy import (
+    Backoff,
+    FailureCooldown,
+    LeasePolicy,
+    NextTry,
+    after_run,
+    next_start,
+)
 
 
 def test_failures_use_up_the_retries_then_the_mirror_waits_for_its_schedule():
@@ -52,3 +60,13 @@ def test_the_listen_back_off_doubles_up_to_its_cap_and_starts_over_once_connecte
     assert [backoff.pause() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     backoff.reset()
     assert backoff.pause() == 0.5
+
+
+def test_next_start_grid():
+    start = datetime(2026, 1, 1, 12, 0, 0)
+    now = start + timedelta(seconds=125, microseconds=400)
+    assert next_start(start, 60, now) == start + timedelta(seconds=180)
+    assert next_start(start, 60, start + timedelta(seconds=120)) == start + timedelta(seconds=180)  # strictly after
+    assert next_start(start + timedelta(hours=1), 60, now) == start + timedelta(hours=1)  # future start kept
+    assert next_start(start, 0, now) is None
+    assert next_start(None, 60, now) == now.replace(microsecond=0) + timedelta(seconds=60)
