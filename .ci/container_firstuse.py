@@ -28,10 +28,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.common.ports import wait_for
+
 BASE = os.environ.get("BASE_TAG", "localhost/quaymirror-base:bookworm")
 HOST_PIP = "/run/host-pip"  # where the host's pip files are mounted (read-only) in the container
 README_TIMEOUT = 900.0
@@ -141,16 +144,6 @@ class Container:
                        check=False)
 
 
-def wait_for(predicate: Callable[[], object], what: str, timeout: float, step: float = 1.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def check_readme(as_user: str | None) -> float:
     """The README's first command, run verbatim as root (``as_user`` None) or as a user with sudo."""
     command = readme_first_command()
@@ -179,7 +172,7 @@ def check_readme(as_user: str | None) -> float:
                 raise RuntimeError(f"the README's first command ended:\n{output[-4000:]}")
             return '{"status": "ok"}' in box.http_get("/healthz")
 
-        wait_for(answered, "/healthz of the README's quaymirror serve", README_TIMEOUT)
+        wait_for(answered, README_TIMEOUT, interval=1.0, what="/healthz of the README's quaymirror serve")
         took = time.monotonic() - started
         printed = re.search(r"Admin token .*:\n(\S+)\n", box.sh(f"cat {log}"))
         assert printed, box.sh(f"cat {log}")[-2000:]

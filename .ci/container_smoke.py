@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.images import push_images
-from tests.harness.registry import Registry, free_port
+from tests.common.images import push_images
+from tests.common.ports import free_port, wait_for
+from tests.common.registry import Registry
 
 IMAGE = os.environ.get("APP_TAG", "localhost/quaymirror:ci")
 
@@ -44,15 +45,6 @@ def curl(method: str, url: str, token: str | None = None, body: object | None = 
     return int(code), text
 
 
-def wait_for(predicate, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
 def main() -> int:
     name = f"qm-smoke-{os.getpid()}"
     port = free_port()
@@ -71,7 +63,7 @@ def main() -> int:
                 except RuntimeError:
                     return False
 
-            wait_for(healthy, "/healthz", 60)
+            wait_for(healthy, 60, interval=0.25, what="/healthz")
             run("podman", "exec", name, "quaymirror", "user", "create", "alice")
             token = run("podman", "exec", name, "quaymirror", "token", "create", "--user", "alice",
                         "--scope", "repo:admin", "--scope", "repo:create", "--scope", "user:admin").strip()
@@ -106,7 +98,7 @@ def main() -> int:
                                        f"{(logs.stdout + logs.stderr)[-4000:]}")
                 return state == "SUCCESS"
 
-            wait_for(synced, "the mirror to reach SUCCESS", 120)
+            wait_for(synced, 120, interval=0.25, what="the mirror to reach SUCCESS")
             for tag in ("v1", "v2"):
                 raw = subprocess.run(["podman", "exec", name, "skopeo", "inspect", "--raw",
                                       f"oci:/data/storage/alice/app:{tag}"], capture_output=True, timeout=60,

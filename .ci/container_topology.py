@@ -25,8 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import create_engine, text
 
-from tests.harness.images import push_images
-from tests.harness.registry import Registry, free_port
+from tests.common.images import push_images
+from tests.common.ports import free_port, wait_for
+from tests.common.registry import Registry
 
 IMAGE = os.environ.get("APP_TAG", "localhost/quaymirror:ci")
 PG_ADMIN = os.environ.get("QUAYMIRROR_TEST_PG_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -51,16 +52,6 @@ def curl(method: str, url: str, token: str, body: object | None = None) -> tuple
         return int(code), json.loads(out) if out.strip() else ""
     except json.JSONDecodeError:
         return int(code), out
-
-
-def wait_for(predicate, what: str, timeout: float, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
 
 
 def main() -> int:
@@ -97,7 +88,7 @@ def main() -> int:
             for port in ports.values():
                 wait_for(lambda p=port: subprocess.run(["curl", "-sf", "-m", "2", f"http://127.0.0.1:{p}/healthz"],
                                                        capture_output=True, check=False).returncode == 0,
-                         f"API on {port}", 60, 0.2)
+                         60, interval=0.2, what=f"API on {port}")
             run("podman", "exec", api["a"], "quaymirror", "user", "create", "ops")
             token = run("podman", "exec", api["a"], "quaymirror", "token", "create", "--user", "ops",
                         "--scope", "repo:admin", "--scope", "repo:create").strip()
@@ -132,7 +123,7 @@ def main() -> int:
             def sync_now(repo: str, side: str) -> float:
                 started = time.monotonic()
                 assert curl("POST", url(side, f"{repo}/mirror/sync-now"), token)[0] == 204
-                wait_for(lambda: lease_owner(repo), f"{repo} to be claimed", 10, 0.01)
+                wait_for(lambda: lease_owner(repo), 10, interval=0.01, what=f"{repo} to be claimed")
                 return time.monotonic() - started
 
             def finished(repo: str, timeout: float) -> None:
@@ -141,7 +132,7 @@ def main() -> int:
                     if state == "FAIL":
                         raise RuntimeError(f"{repo} failed: {status_of(repo)}")
                     return state == "SUCCESS"
-                wait_for(done, f"{repo} SUCCESS", timeout, 0.2)
+                wait_for(done, timeout, interval=0.2, what=f"{repo} SUCCESS")
                 for tag in TAGS:
                     assert dest.manifest_digest(f"ops/{repo}", tag) == digests[tag], (repo, tag)
 
@@ -163,8 +154,8 @@ def main() -> int:
             killed_at = time.monotonic()
             run("podman", "kill", "-s", "KILL", victim)
             survivor = next(c for c in workers if c != victim)
-            wait_for(lambda: (lease_owner("three") or "").startswith(survivor), "reclaim by the survivor",
-                     LEASE + 40, 0.1)
+            wait_for(lambda: (lease_owner("three") or "").startswith(survivor), LEASE + 40, interval=0.1,
+                     what="reclaim by the survivor")
             reclaimed = time.monotonic() - killed_at
             finished("three", 120)
             print(f"topology: {victim} killed mid-sync; {survivor} reclaimed after {reclaimed:.1f}s "
@@ -182,7 +173,7 @@ def main() -> int:
             stopped_at = time.monotonic()
             run("podman", "stop", "-t", "20", holder)
             stop_took = time.monotonic() - stopped_at
-            wait_for(lambda: (lease_owner("four") or "").startswith(other), "hand-over after SIGTERM", 10, 0.05)
+            wait_for(lambda: (lease_owner("four") or "").startswith(other), 10, interval=0.05, what="hand-over after SIGTERM")
             handover = time.monotonic() - stopped_at
             finished("four", 120)
             print(f"topology: SIGTERM stopped {holder} in {stop_took:.2f}s; {other} took over "

@@ -28,12 +28,12 @@ from benchmarks.common import (
     bench_account,
     create_bench_mirror,
     database,
-    free_port,
     median,
     process,
     table,
     wait_http,
 )
+from tests.common.ports import free_port
 
 API_WORKERS = 2  # the "gunicorn, 2 workers"; both sides run quaymirror.server.gunicorn_options
 

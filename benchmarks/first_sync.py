@@ -2,7 +2,7 @@
 
 Source and destination are real docker-registry processes on loopback; the
 20 tags (10 three-platform OCI indexes, 10 single images) are built offline by
-tests.harness.images. Every trial gets a fresh, empty destination registry.
+tests.common.images. Every trial gets a fresh, empty destination registry.
 
 * ``copy loop``: one ``skopeo copy --all --preserve-digests`` per tag, one after the other (Quay's worker);
 * ``skopeo sync``: ``skopeo sync --all --preserve-digests`` of the repository;
@@ -33,8 +33,8 @@ from quaymirror.mirror import status
 from quaymirror.mirror.models import RepoMirrorConfig
 from quaymirror.mirror.worker.runner import Worker
 from quaymirror.settings import Settings
-from tests.harness.images import push_images
-from tests.harness.registry import Registry
+from tests.common.images import push_images
+from tests.common.registry import Registry
 
 TAGS = [f"t{i:02d}" for i in range(20)]  # every second one a 3-platform index
 REPO = "ns/repo"
@@ -81,7 +81,7 @@ class Quaymirror:
     """An embedded (SQLite) quaymirror with one mirror of the source, and a started Worker (no polling)."""
 
     def __init__(self, workdir: Path, src: Registry, dest: Registry, tag_concurrency: int | None = None) -> None:
-        from tests.worker.helpers import Mirrors
+        from tests.common.mirrors import Mirrors
 
         instance = workdir / f"instance-{dest.port}-{time.time_ns()}"
         instance.mkdir(parents=True)

@@ -29,7 +29,6 @@ from benchmarks.common import (
     bench_account,
     create_bench_mirror,
     database,
-    free_port,
     http,
     median,
     percentile,
@@ -38,7 +37,8 @@ from benchmarks.common import (
     wait_http,
 )
 from benchmarks.first_sync import registry
-from tests.harness.images import push_images
+from tests.common.images import push_images
+from tests.common.ports import free_port
 
 POLL = 0.005
 

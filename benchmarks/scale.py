@@ -45,7 +45,7 @@ def rss_mib() -> float:
 
 
 def fill(db: dbmod.Database, total: int) -> None:
-    from tests.worker.helpers import Mirrors
+    from tests.common.mirrors import Mirrors
 
     template = Mirrors(db, SECRET).create("scale/template", "quay.io/some/image", ["*"],
                                           status=RepoMirrorStatus.SUCCESS, start=utcnow() + timedelta(days=1))

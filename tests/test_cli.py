@@ -25,7 +25,7 @@ from quaymirror.auth.tokens import hash_token
 from quaymirror.db import utcnow
 from quaymirror.repositories.models import Repository, RepositoryPermission, RepositoryState
 from quaymirror.security.secrets import SecretBox
-from tests.conftest import TEST_SECRET
+from tests.common.database import TEST_SECRET
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_db_upgrade(run, env):
 
 
 def test_db_upgrade_on_an_empty_database(empty_database_url, run, monkeypatch):
-    from tests.test_migrations import current_revision, head
+    from tests.common.migrations import current_revision, head
 
     monkeypatch.setenv("QUAYMIRROR_DATABASE_URL", empty_database_url)
     assert ok(run("db", "upgrade")) == ""

@@ -15,9 +15,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from quaymirror import metrics
-from tests.harness.fixtures import registry, require_tools  # noqa: F401
-from tests.harness.images import push_images
-from tests.worker.conftest import make_worker, markers, mirrors, sync_once, workers, wsettings  # noqa: F401
+from tests.common.images import push_images
+from tests.common.registries import require_tools
+from tests.common.worker import sync_once
 
 
 def _value(name: str, **labels: str) -> float:
@@ -35,7 +35,7 @@ def _scrape(client) -> dict[tuple[str, tuple], float]:
     return samples
 
 
-def test_metrics_after_real_syncs(client, registry, database, mirrors, make_worker, tmp_path, markers):  # noqa: F811
+def test_metrics_after_real_syncs(client, registry, database, mirrors, make_worker, tmp_path, markers):
     require_tools("skopeo", "docker-registry")
     markers.append(registry.host)
     push_images(registry, "up/app", ["a", "b", "c"], workdir=tmp_path / "img")
@@ -94,7 +94,7 @@ def test_worker_metrics_port_zero_serves_nothing(port):
 
 @pytest.mark.integration  # a real `quaymirror worker` process
 def test_worker_process_serves_metrics(tmp_path):
-    from tests.harness.registry import free_port
+    from tests.common.ports import free_port
 
     port = free_port()
     env = {"PATH": "/usr/bin:/bin", "QUAYMIRROR_INSTANCE_PATH": str(tmp_path),

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, inspect
 
 from quaymirror import db as dbmod
 from quaymirror.models import Base
+from tests.common.migrations import current_revision, head
 
 ROOT = Path(__file__).resolve().parent.parent
 ALEMBIC = Path(sys.executable).with_name("alembic")
@@ -29,19 +30,6 @@ def tables(url: str) -> set[str]:
         return set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
-
-
-def current_revision(url: str) -> str | None:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    finally:
-        engine.dispose()
-
-
-def head() -> str:
-    return ScriptDirectory.from_config(dbmod.alembic_config("sqlite://")).get_current_head()
 
 
 def model_tables() -> set[str]:

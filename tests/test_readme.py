@@ -38,8 +38,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.servers import free_port, request
-from tests.harness.fixtures import require_tools
+from tests.common.ports import free_port
+from tests.common.registries import require_tools
+from tests.common.servers import request
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

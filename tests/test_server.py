@@ -19,16 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.common.ports import free_port
+
 pytestmark = pytest.mark.integration  # real `quaymirror serve` processes
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http(url: str, token: str | None = None) -> tuple[int, dict]:

@@ -22,8 +22,8 @@ from quaymirror.mirror import history
 from quaymirror.mirror.models import RunStatus, RunTrigger
 from quaymirror.openapi import _RULE_VARIABLE, PREFIX, operations_of
 from quaymirror.schemas import Int64
-from tests.conftest import TEST_SECRET
-from tests.worker.helpers import Mirrors
+from tests.common.database import TEST_SECRET
+from tests.common.mirrors import Mirrors
 
 # The values the issue lists: inside the range (0, 2^63-1) and outside (-1, 2^63, 2^64+1, 10^40).
 VALUES = (0, -1, 2**63 - 1, 2**63, 2**64 + 1, 10**40)

@@ -89,8 +89,8 @@ def ready_filters(status: RepoMirrorStatus | None = None) -> tuple[ColumnElement
 
     The terms besides the status are, word for word, the predicate of the partial index
     ``ix_repomirrorconfig_ready`` (sync_status, sync_start_date, id): SQLite uses a partial index
-    only when the query repeats its predicate's terms, so keep the two in step (the worker's
-    ``test_due`` checks both backends' plans). The 0 is written in the SQL, not bound: a planner
+    only when the query repeats its predicate's terms, so keep the two in step (tests/mirror/worker/test_claims.py
+    checks both backends' plans). The 0 is written in the SQL, not bound: a planner
     cannot match ``> $1`` with the index's ``> 0`` in a generic (server-side prepared) plan.
     """
     return (

@@ -1,7 +1,7 @@
 """The authorization matrix (issue 6) against the real server: ``quaymirror serve --no-worker`` (gunicorn).
 
 Every endpoint x every caller, on SQLite and PostgreSQL: the foundation endpoints (the tables of
-tests/auth/test_matrix.py) and the mirror endpoints (the tables below, incl. sync-now, sync-cancel,
+tests/common/authz.py) and the mirror endpoints (the tables below, incl. sync-now, sync-cancel,
 DELETE, the sync history and the mirror health). Each cell checks the status, that the answer is
 JSON, and Quay's error body for 401/403; a caller whose writes are all refused leaves the database
 exactly as it was.
@@ -29,12 +29,12 @@ from sqlalchemy.pool import NullPool
 from quaymirror.db import utcnow
 from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig, RepoMirrorStatus, RunStatus
 from quaymirror.models import Base
-from tests.auth.test_matrix import CALLERS as FOUNDATION_CALLERS
-from tests.auth.test_matrix import ENDPOINTS, ERROR_BODIES, EXPECTED, matrix_world  # noqa: F401
-from tests.conftest import TEST_SECRET, _truncate_all
-from tests.e2e.servers import Server
-from tests.e2e.test_security import PUBLIC, post_body
-from tests.worker.helpers import Mirrors
+from tests.common.authz import CALLERS as FOUNDATION_CALLERS
+from tests.common.authz import ENDPOINTS, ERROR_BODIES, EXPECTED
+from tests.common.database import TEST_SECRET, truncate_all
+from tests.common.mirror_api import PUBLIC_ADDRESS, post_body
+from tests.common.mirrors import Mirrors
+from tests.common.servers import Server
 
 MUTATING = {"POST", "PUT", "DELETE"}
 NOT_JSON = object()
@@ -105,7 +105,7 @@ def servers(server_database_url, tmp_path_factory) -> Iterator[dict[bool, Server
 
 def _empty(url: str) -> None:
     if not url.startswith("sqlite"):
-        _truncate_all(url)
+        truncate_all(url)
         return
     engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
     try:
@@ -151,7 +151,7 @@ def check_cell(where: str, status: int, payload: object, headers: dict[str, str]
 
 
 @pytest.mark.parametrize("caller_name", list(FOUNDATION_CALLERS))
-def test_foundation_matrix(caller_name, matrix_world, servers, database):  # noqa: F811
+def test_foundation_matrix(caller_name, matrix_world, servers, database):
     caller = FOUNDATION_CALLERS[caller_name]
     server = servers[caller.full_access]
     token = matrix_world.tokens[caller.token] if caller.token else None
@@ -187,7 +187,7 @@ def request_for(column: str, namespace: str) -> tuple[str, str, dict | None]:
     return {
         "get": ("GET", base, None),
         # An IP literal: the server resolves host names itself (no test resolver in its process).
-        "post": ("POST", base, post_body(NAMESPACES[namespace], f"{PUBLIC}/a/b")),
+        "post": ("POST", base, post_body(NAMESPACES[namespace], f"{PUBLIC_ADDRESS}/a/b")),
         "put": ("PUT", base, {"sync_interval": 7200}),
         "delete": ("DELETE", base, None),
         "sync_now": ("POST", base + "/sync-now", None),
@@ -272,7 +272,7 @@ def expected_health(caller: str, column: str) -> int:
 
 
 @pytest.fixture
-def mirror_world(matrix_world, database):  # noqa: F811
+def mirror_world(matrix_world, database):
     """matrix_world plus one MIRROR repository per column and namespace (a config except for POST)."""
     mirrors = Mirrors(database, TEST_SECRET)
     for namespace in NAMESPACES:

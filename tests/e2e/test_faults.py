@@ -1,6 +1,6 @@
 """Faults on purpose: PostgreSQL stopped under load, destination disk full, upstream killed mid-sync.
 
-The SIGKILL/SIGTERM worker hand-over is covered by tests/worker/test_processes.py.
+The SIGKILL/SIGTERM worker hand-over is covered by tests/mirror/worker/test_runner_processes.py.
 Recovery times are printed (``-s``) for the report.
 """
 
@@ -21,12 +21,14 @@ from quaymirror import db as dbmod
 from quaymirror.db import Database
 from quaymirror.mirror.models import MirrorSyncTag, RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.worker.runner import Worker
-from tests.conftest import TEST_SECRET, World
-from tests.e2e.pgcluster import PgCluster, pg_cluster  # noqa: F401
-from tests.e2e.servers import Server, WorkerProcess, send
-from tests.harness.fixtures import registry, require_tools  # noqa: F401
-from tests.harness.images import push_images
-from tests.worker.helpers import GatedProxy, Mirrors, kill_skopeo, wait_for
+from tests.common.database import TEST_SECRET
+from tests.common.images import push_images
+from tests.common.mirrors import GatedProxy, Mirrors, kill_skopeo
+from tests.common.pgcluster import PgCluster
+from tests.common.ports import wait_for
+from tests.common.registries import require_tools
+from tests.common.servers import Server, WorkerProcess, send
+from tests.common.world import World
 
 REPOS = 5
 
@@ -41,7 +43,7 @@ def _body(upstream: str, interval: int) -> dict:
 # ----------------------------------------------------------------- (a) PostgreSQL stopped and restarted
 
 
-def test_postgres_stopped_and_restarted_during_load(pg_cluster: PgCluster, registry, tmp_path):  # noqa: F811
+def test_postgres_stopped_and_restarted_during_load(pg_cluster: PgCluster, registry, tmp_path):
     require_tools("skopeo", "docker-registry")
     url = pg_cluster.create_database()
     dbmod.upgrade(url)
@@ -197,7 +199,7 @@ def _fill(mount) -> None:
             handle.flush()
 
 
-def _disk_full_run(small_tmpfs, registry, database, settings, tmp_path):  # noqa: F811
+def _disk_full_run(small_tmpfs, registry, database, settings, tmp_path):
     """A mirror synced into a full destination, then (space back) it and another one: (first run, tags)."""
     push_images(registry, "lib/app", ["t1", "t2"], workdir=tmp_path / "images")
     mirrors = Mirrors(database, TEST_SECRET)
@@ -230,7 +232,7 @@ def _disk_full_run(small_tmpfs, registry, database, settings, tmp_path):  # noqa
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_destination_disk_full_breaks_nothing_else(backend, small_tmpfs, registry, database, settings,  # noqa: F811
+def test_destination_disk_full_breaks_nothing_else(backend, small_tmpfs, registry, database, settings,
                                                    tmp_path):
     require_tools("skopeo", "docker-registry")
     run, _tags = _disk_full_run(small_tmpfs, registry, database, settings, tmp_path)
@@ -238,7 +240,7 @@ def test_destination_disk_full_breaks_nothing_else(backend, small_tmpfs, registr
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_destination_disk_full_reason_is_clear(backend, small_tmpfs, registry, database, settings,  # noqa: F811
+def test_destination_disk_full_reason_is_clear(backend, small_tmpfs, registry, database, settings,
                                                tmp_path):
     require_tools("skopeo", "docker-registry")
     run, tags = _disk_full_run(small_tmpfs, registry, database, settings, tmp_path)
@@ -250,7 +252,7 @@ def test_destination_disk_full_reason_is_clear(backend, small_tmpfs, registry, d
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_upstream_killed_mid_sync_then_restarted(backend, registry, database, settings, tmp_path):  # noqa: F811
+def test_upstream_killed_mid_sync_then_restarted(backend, registry, database, settings, tmp_path):
     require_tools("skopeo", "docker-registry")
     push_images(registry, "lib/app", ["t1", "t2"], workdir=tmp_path / "images")
     mirrors = Mirrors(database, TEST_SECRET)

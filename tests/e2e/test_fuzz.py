@@ -29,7 +29,7 @@ from quaymirror.db import Database
 from quaymirror.mirror import history
 from quaymirror.mirror.models import RepoMirrorConfig, RunStatus, RunTrigger, TagOutcome
 from quaymirror.repositories.models import Repository
-from tests.e2e.conftest import MIRROR_REPOS, ORG, ROBOTS, USER, http, mirror_config
+from tests.common.live_server import MIRROR_REPOS, ORG, ROBOTS, USER, http, mirror_config
 
 SEEDS = (20261127, 11272026, 31415926)
 MIN_REQUESTS_PER_SEED = 2000

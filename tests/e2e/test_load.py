@@ -23,10 +23,11 @@ from sqlalchemy import select
 
 from quaymirror.db import Database
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
-from tests.conftest import TEST_SECRET, World, _truncate_all
-from tests.e2e.servers import Server, WorkerProcess, send
-from tests.harness.fixtures import registry, require_tools  # noqa: F401
-from tests.harness.images import push_images
+from tests.common.database import TEST_SECRET, truncate_all
+from tests.common.images import push_images
+from tests.common.registries import require_tools
+from tests.common.servers import Server, WorkerProcess, send
+from tests.common.world import World
 
 DURATION = float(os.environ.get("QUAYMIRROR_LOAD_SECONDS", "60"))
 CLIENTS = int(os.environ.get("QUAYMIRROR_LOAD_CLIENTS", "50"))
@@ -62,9 +63,9 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))] if ordered else 0.0
 
 
-def test_load_mixed_clients_with_two_workers(postgres_url, registry, tmp_path):  # noqa: F811
+def test_load_mixed_clients_with_two_workers(postgres_url, registry, tmp_path):
     require_tools("skopeo", "docker-registry")
-    _truncate_all(postgres_url)
+    truncate_all(postgres_url)
     database = Database(postgres_url)
     token = populate(database)
     push_images(registry, "lib/app", ["t1", "t2", "t3"], workdir=tmp_path / "images")

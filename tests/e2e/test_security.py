@@ -1,7 +1,7 @@
 """Security end to end: secrets never in plaintext, SSRF through the API and in the worker, input limits.
 
 Complements tests/e2e/test_authz_server.py (the authorization matrix of every endpoint, against
-gunicorn), tests/security/test_ssrf.py (unit table), tests/worker/test_failures.py (wrong-password
+gunicorn), tests/security/test_ssrf.py (unit table), tests/mirror/worker/test_run_failures.py (wrong-password
 leaks) and tests/test_errors.py (413 on the foundation endpoints).
 """
 
@@ -19,14 +19,17 @@ from sqlalchemy import select
 from quaymirror.db import Database
 from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorStatus
 from quaymirror.security import ssrf
-from tests.conftest import PG_ADMIN_URL, TEST_SECRET, World, _truncate_all
-from tests.e2e.servers import Server, WorkerProcess, send
-from tests.harness.fixtures import AUTH_USERNAME, auth_registry, require_tools  # noqa: F401
-from tests.harness.images import push_images
-from tests.worker.helpers import Mirrors, ProcSampler, wait_for
+from tests.common.database import PG_ADMIN_URL, TEST_SECRET, truncate_all
+from tests.common.images import push_images
+from tests.common.mirror_api import PUBLIC_ADDRESS, post_body
+from tests.common.mirrors import Mirrors, ProcSampler
+from tests.common.ports import wait_for
+from tests.common.registries import AUTH_USERNAME, require_tools
+from tests.common.servers import Server, WorkerProcess, send
+from tests.common.world import World
 
 NOT_ALLOWED = "The provided registry location is not allowed"
-PUBLIC = "93.184.216.34"
+PUBLIC = PUBLIC_ADDRESS
 DNS = {"quay.io": [PUBLIC], "registry.example.com": [PUBLIC], "private.example.com": ["10.1.2.3"],
        "v6private.example.com": ["fd00::1"], "loop.example.com": ["127.0.0.1"],
        "linklocal.example.com": ["169.254.169.254"], "mapped.example.com": ["::ffff:10.0.0.1"]}
@@ -36,15 +39,6 @@ DNS = {"quay.io": [PUBLIC], "registry.example.com": [PUBLIC], "private.example.c
 def _dns():
     with ssrf.use_resolver(DNS):
         yield
-
-
-def post_body(robot: str, reference: str = "quay.io/a/b", **overrides) -> dict:
-    body = {"is_enabled": True, "external_reference": reference, "sync_interval": 3600,
-            "sync_start_date": "2024-01-01T00:00:00Z", "robot_username": robot,
-            "root_rule": {"rule_kind": "tag_glob_csv", "rule_value": ["*"]},
-            "external_registry_config": {"verify_tls": True}, "skopeo_timeout_interval": 300}
-    body.update(overrides)
-    return body
 
 
 # ---------------------------------------------------------------------------------- SSRF via API
@@ -152,10 +146,10 @@ def _dump(database_url: str, instance: Path) -> bytes:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
-def test_secrets_never_in_plaintext(backend, database_url, auth_registry, tmp_path):  # noqa: F811
+def test_secrets_never_in_plaintext(backend, database_url, auth_registry, tmp_path):
     require_tools("skopeo", "docker-registry")
     if backend == "postgresql":
-        _truncate_all(database_url)
+        truncate_all(database_url)
     secret = f"Pw-{uuid.uuid4().hex}"
     auth_registry.set_password(AUTH_USERNAME, secret)
     auth_registry.password = secret  # the harness pushes with the registry's credentials

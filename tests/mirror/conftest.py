@@ -1,84 +1,23 @@
-"""Fixtures of the mirror tests: Quay's DNS environment, Quay's test body, clients with other settings."""
+"""The mirror tests' (and the worker's, below) directory fixture: skopeo and docker-registry where a test syncs."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
-from quaymirror.security import ssrf
+from tests.common.registries import require_tools
 
-MIRROR = "/api/v1/repository/devtable/simple/mirror"
-DROP = object()  # mirror_body(key=DROP) leaves the key out
-PUBLIC_ADDRESS = "93.184.216.34"
-# Names the tests use to reach the SSRF rules through DNS.
-DNS_TABLE = {
-    "localhost": ["127.0.0.1"],
-    "private.example.com": ["10.0.0.1"],
-    "metadata.example.com": ["169.254.169.254"],
-    "mixed.example.com": [PUBLIC_ADDRESS, "192.168.1.10"],
-}
-
-
-def quay_resolver(host: str) -> list[str]:
-    """Quay's capture environment: every name is public, except localhost and ``*.invalid``."""
-    name = host.lower().rstrip(".")
-    if name == "invalid" or name.endswith(".invalid"):
-        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-    return list(DNS_TABLE.get(name, [PUBLIC_ADDRESS]))
+# Fixtures that start registries, run skopeo or start workers that do: a test using one syncs for real.
+TOOL_FIXTURES = frozenset({"registry", "auth_registry", "tls_registry", "counting_skopeo", "make_worker", "workers"})
 
 
 @pytest.fixture(autouse=True)
-def quay_dns() -> Iterator[None]:
-    """No mirror test ever asks the real DNS."""
-    with ssrf.use_resolver(quay_resolver):
-        yield
+def _tools(request) -> None:
+    """A test that syncs, or a module of real processes, skips where skopeo or docker-registry is missing.
 
-
-@pytest.fixture
-def admin(world) -> dict[str, str]:
-    """Headers of devtable's repo:admin token."""
-    return world.headers("admin")
-
-
-def mirror_body(**overrides: Any) -> dict[str, Any]:
-    """The body of Quay's own API tests (test_mirror.py ``_setup_mirror``) as a POST."""
-    body: dict[str, Any] = {
-        "is_enabled": True,
-        "external_reference": "quay.io/redhat/quay",
-        "sync_interval": 5000,
-        "sync_start_date": "2020-01-02T06:30:00Z",
-        "external_registry_username": "fakeUsername",
-        "external_registry_password": "fakePassword",
-        "external_registry_config": {
-            "verify_tls": True,
-            "unsigned_images": False,
-            "proxy": {
-                "http_proxy": "http://insecure.proxy.corp",
-                "https_proxy": "https://secure.proxy.corp",
-                "no_proxy": "mylocalhost",
-            },
-        },
-        "robot_username": "devtable+dtrobot",
-        "root_rule": {"rule_kind": "tag_glob_csv", "rule_value": ["latest", "3.3*", "foo"]},
-        "skopeo_timeout_interval": 300,
-    }
-    for key, value in overrides.items():
-        if value is DROP:
-            body.pop(key, None)
-        else:
-            body[key] = value
-    return body
-
-
-
-@pytest.fixture
-def client_with(app_with):
-    """A test client of an app whose settings differ (same database): ``client_with(feature_sparse_index=True)``."""
-
-    def make(**overrides: Any):
-        return app_with(**overrides).test_client()
-
-    return make
+    Only those: a pure test (or one that merely runs on PostgreSQL) never skips for a missing tool.
+    """
+    module_marks = getattr(request.module, "pytestmark", [])
+    in_process_module = any(mark.name == "integration" for mark in
+                            (module_marks if isinstance(module_marks, list) else [module_marks]))
+    if in_process_module or TOOL_FIXTURES & set(request.fixturenames):
+        require_tools("skopeo", "docker-registry")

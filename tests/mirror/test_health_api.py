@@ -23,6 +23,8 @@ from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.settings import Settings, SettingsError
 
+pytestmark = pytest.mark.usefixtures("quay_dns")  # no request of these tests asks the real DNS
+
 HEALTH = "/api/v1/repository/mirror/health"
 SUPER_HEALTH = "/api/v1/superuser/mirror/health"
 NO_CACHE = "no-cache, no-store, must-revalidate"

@@ -7,11 +7,14 @@ them; no skopeo is needed to show what the API lists.
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
 
 from quaymirror.mirror import history
 from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig, RunStatus, RunTrigger, TagOutcome
-from tests.mirror.conftest import MIRROR, mirror_body
+from tests.common.mirror_api import MIRROR, mirror_body
+
+pytestmark = pytest.mark.usefixtures("quay_dns")  # no request of these tests asks the real DNS
 
 SYNCS = f"{MIRROR}/syncs"
 

@@ -36,7 +36,9 @@ from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.mirror.schemas import ViewMirrorConfig
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
-from tests.mirror.conftest import mirror_body
+from tests.common.mirror_api import mirror_body
+
+pytestmark = pytest.mark.usefixtures("quay_dns")  # no request of these tests asks the real DNS
 
 FULL = "repo:admin repo:create user:admin org:admin"  # every scope but super:user
 MIRRORED = ("devtable", "simple")

@@ -16,9 +16,9 @@ import pytest
 
 from quaymirror.security import ssrf
 from quaymirror.security.outbound import OutboundRefused, Policy, connection
-from tests.harness.fixtures import require_tools, tls_registry  # noqa: F401
-from tests.harness.registry import Registry
-from tests.security.loopback import Recorder, same_port_pair
+from tests.common.loopback import Recorder, same_port_pair
+from tests.common.registries import require_tools
+from tests.common.registry import Registry
 
 LOOPBACK_ONLY = Policy.of(["127.0.0.1/32"])
 
@@ -112,7 +112,7 @@ def test_a_refusal_is_not_a_network_or_value_error():
     assert not issubclass(OutboundRefused, OSError | ValueError)
 
 
-def test_tls_is_verified_against_the_name_while_connecting_to_the_checked_address(tls_registry: Registry):  # noqa: F811
+def test_tls_is_verified_against_the_name_while_connecting_to_the_checked_address(tls_registry: Registry):
     """The harness certificate names localhost and 127.0.0.1: a name it does not hold fails verification."""
     require_tools("openssl")
     context = tls_registry.ssl_context()
