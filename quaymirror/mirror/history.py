@@ -8,6 +8,8 @@ these functions.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
@@ -24,7 +26,7 @@ from quaymirror.mirror.models import (
 )
 
 _COUNTER = {TagOutcome.COPIED: "tags_copied", TagOutcome.SKIPPED: "tags_skipped", TagOutcome.FAILED: "tags_failed",
-            TagOutcome.DELETED: "tags_deleted"}
+            TagOutcome.DELETED: "tags_deleted", TagOutcome.FILTERED: "tags_filtered"}
 OUTPUT_EXCERPT = 2000
 
 
@@ -62,10 +64,15 @@ def set_matched(session: Session, run_id: int, matched: int) -> None:
 
 def record_tag(session: Session, run_id: int, tag: str, outcome: TagOutcome, *, digest: str | None = None,
                reason: str | None = None, output: str | None = None, size: int | None = None,
-               duration_ms: int | None = None, counts_as_done: bool = True) -> None:
-    """Add one tag's result and bump the run's counters in the same statement (several threads write)."""
+               duration_ms: int | None = None, counts_as_done: bool = True,
+               platforms: Sequence[str] | None = None) -> None:
+    """Add one tag's result and bump the run's counters in the same statement (several threads write).
+
+    ``platforms``: what the architecture filter chose to copy (None: no filter chose, the image was copied
+    as it is)."""
     session.add(MirrorSyncTag(run_id=run_id, tag=tag, digest=digest, outcome=outcome, reason=reason,
-                              output=excerpt(output), bytes=size, duration_ms=duration_ms, finished=utcnow()))
+                              output=excerpt(output), bytes=size, duration_ms=duration_ms, finished=utcnow(),
+                              platforms_json=None if platforms is None else json.dumps(list(platforms))))
     values: dict[str, object] = {}
     if counts_as_done:
         values["tags_done"] = MirrorSyncRun.tags_done + 1
@@ -119,14 +126,25 @@ def owned_tags(session: Session, config_id: int) -> dict[str, str]:
     return {tag: digest for tag, digest in rows}
 
 
-def own(session: Session, config_id: int, tag: str, digest: str) -> None:
-    """Record that the mirror wrote ``tag`` (insert or update; one mirror run per config at a time)."""
+def stored_architectures(session: Session, config_id: int) -> dict[str, tuple[str, ...] | None]:
+    """The architecture filter each owned tag was stored with (None: stored whole)."""
+    rows = session.execute(select(MirrorOwnedTag.tag, MirrorOwnedTag.architectures_json)
+                           .where(MirrorOwnedTag.config_id == config_id))
+    return {tag: None if text is None else tuple(json.loads(text)) for tag, text in rows}
+
+
+def own(session: Session, config_id: int, tag: str, digest: str,
+        architectures: Sequence[str] | None = None) -> None:
+    """Record that the mirror wrote ``tag`` (insert or update; one mirror run per config at a time), with the
+    architecture filter its index was stored with (None: whole)."""
+    stored = None if architectures is None else json.dumps(list(architectures))
     row = session.scalars(select(MirrorOwnedTag)
                           .where(MirrorOwnedTag.config_id == config_id, MirrorOwnedTag.tag == tag)).first()
     if row is None:
-        session.add(MirrorOwnedTag(config_id=config_id, tag=tag, digest=digest))
+        session.add(MirrorOwnedTag(config_id=config_id, tag=tag, digest=digest, architectures_json=stored))
     else:
         row.digest = digest
+        row.architectures_json = stored
         row.updated = utcnow()
 
 

@@ -84,6 +84,7 @@ class TagOutcome(enum.StrEnum):
     FAILED = "failed"
     DELETED = "deleted"
     KEPT = "kept"  # a prune candidate left in place (changed by someone else, see the reason)
+    FILTERED = "filtered"  # a single image of a platform the architecture filter leaves out: nothing copied
     CANCELLED = "cancelled"
 
 
@@ -258,6 +259,7 @@ class MirrorSyncRun(Base):
     tags_skipped: Mapped[int] = mapped_column(Integer, default=0)
     tags_deleted: Mapped[int] = mapped_column(Integer, default=0)
     tags_failed: Mapped[int] = mapped_column(Integer, default=0)
+    tags_filtered: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
@@ -275,6 +277,12 @@ class MirrorSyncTag(Base):
     output: Mapped[str | None] = mapped_column(Text)
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # The platforms copied ("os/arch[/variant]", a JSON list) when the architecture filter chose them.
+    platforms_json: Mapped[str | None] = mapped_column("platforms", Text)
+
+    @property
+    def platforms(self) -> list[str] | None:
+        return None if self.platforms_json is None else decode_architectures(self.platforms_json)
     finished: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -288,5 +296,8 @@ class MirrorOwnedTag(Base):
     config_id: Mapped[int] = mapped_column(ForeignKey("repomirrorconfig.id", ondelete="CASCADE"), index=True)
     tag: Mapped[str] = mapped_column(String(128))
     digest: Mapped[str] = mapped_column(String(80))
+    # The architecture filter the tag's index was stored with (a JSON list); NULL: stored whole. A re-sync
+    # with another filter copies what the new one adds (or rewrites the tag whole once the filter is cleared).
+    architectures_json: Mapped[str | None] = mapped_column("architectures", Text)
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

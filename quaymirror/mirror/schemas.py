@@ -260,6 +260,9 @@ class SyncTagCountsView(View):
     skipped = fields.Integer(attribute="tags_skipped", required=True, allow_none=True)
     deleted = fields.Integer(attribute="tags_deleted", required=True, allow_none=True)
     failed = fields.Integer(attribute="tags_failed", required=True, allow_none=True)
+    filtered = fields.Integer(attribute="tags_filtered", required=True, allow_none=True,
+                              metadata={"description": "Single images of a platform the architecture filter "
+                                                       "leaves out (nothing copied)."})
 
 
 class SyncProgressView(View):
@@ -314,6 +317,9 @@ class SyncTagResultView(View):
     bytes = fields.Integer(required=True, allow_none=True)
     duration_ms = fields.Integer(required=True, allow_none=True)
     finished = QuayDate(required=True, allow_none=True)
+    platforms = fields.List(fields.String(), required=True, allow_none=True,
+                            metadata={"description": "The platforms copied (os/architecture[/variant]) when the "
+                                                     "architecture filter chose them; null: the image as it is."})
 
 
 class SyncTagResultsView(View):

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quaymirror.mirror.worker import reasons
+from quaymirror.mirror.worker import platforms, reasons
 from quaymirror.mirror.worker.registry_client import INDEX_TYPES, RegistryClient, RegistryError
 from quaymirror.mirror.worker.skopeo import RunFiles, Skopeo
 from quaymirror.security.outbound import OutboundRefused
@@ -194,6 +194,33 @@ class OciRepository:
         if target.stage is not None:
             shutil.rmtree(target.stage, ignore_errors=True)
 
+    def child_target(self, tag: str, digest: str, slot: str) -> CopyTarget:
+        """Where one child of a sparse index is copied: a staging layout sharing the blob directory (the
+        child's blobs land in the layout; its staging entry is thrown away with :meth:`cleanup`)."""
+        return self.copy_target(tag, slot)
+
+    def has(self, digest: str) -> bool:
+        """Whether the layout holds the manifest ``digest`` (skopeo writes a manifest after its blobs)."""
+        algorithm, _, hexdigest = digest.partition(":")
+        return (self.path / "blobs" / algorithm / hexdigest).is_file()
+
+    def store_index(self, tag: str, raw: bytes, media_type: str, architectures: tuple[str, ...]) -> str:
+        """Put the upstream's index bytes under ``tag`` unchanged (its digest stays upstream's), noting the
+        filter it was stored with so garbage collection keeps exactly the selected children; the digest."""
+        digest = sha256(raw)
+        with self._locked():
+            self._ensure_layout()
+            blob = self.path / "blobs" / "sha256" / digest.partition(":")[2]
+            if not blob.is_file():
+                _atomic_write(blob, raw)
+            doc = self._index()
+            entry = {"mediaType": media_type, "digest": digest, "size": len(raw),
+                     "annotations": {REF_NAME: tag, platforms.STORED_ARCHITECTURES: ",".join(architectures)}}
+            doc["manifests"] = [m for m in doc["manifests"]
+                                if (m.get("annotations") or {}).get(REF_NAME) != tag] + [entry]
+            self._write_index(doc)
+        return digest
+
     def _blob(self, digest: str) -> bytes | None:
         algorithm, _, hexdigest = digest.partition(":")
         path = self.path / "blobs" / algorithm / hexdigest
@@ -240,11 +267,17 @@ class OciRepository:
             return 0
         with self._locked():
             reachable: set[str] = set()
-            stack = [m.get("digest") for m in self._index()["manifests"]]
+            # (digest, the filter a tag's sparse index was stored with): of a sparse index only the selected
+            # children are reached (the others are absent, or no longer wanted since the filter narrowed).
+            stack: list[tuple[object, str | None]] = [
+                (m.get("digest"), (m.get("annotations") or {}).get(platforms.STORED_ARCHITECTURES))
+                for m in self._index()["manifests"]]
+            walked: set[tuple[str, str | None]] = set()
             while stack:
-                digest = stack.pop()
-                if not isinstance(digest, str) or digest in reachable:
+                digest, stored = stack.pop()
+                if not isinstance(digest, str) or (digest, stored) in walked:
                     continue
+                walked.add((digest, stored))
                 reachable.add(digest)
                 data = self._blob(digest)
                 if data is None:
@@ -254,11 +287,13 @@ class OciRepository:
                     doc = json.loads(data)
                 except ValueError:
                     return 0
-                stack.extend(m.get("digest") for m in doc.get("manifests") or [])
+                children = platforms.stored_children(data, stored)
+                stack.extend((child, None) for child in (
+                    children if children is not None else [m.get("digest") for m in doc.get("manifests") or []]))
                 for blob in [doc.get("config"), *(doc.get("layers") or []), doc.get("subject")]:
                     if isinstance(blob, dict) and isinstance(blob.get("digest"), str):
                         if blob.get("mediaType") in INDEX_TYPES or blob.get("mediaType") == OCI_MANIFEST:
-                            stack.append(blob["digest"])
+                            stack.append((blob["digest"], None))
                         else:
                             reachable.add(blob["digest"])
             freed = 0
@@ -333,6 +368,21 @@ class RegistryRepository:
 
     def commit(self, tag: str, target: CopyTarget) -> str | None:
         return None  # the digest file says what was written
+
+    def child_target(self, tag: str, digest: str, slot: str) -> CopyTarget:
+        """One child of a sparse index is pushed by its digest: no tag names it."""
+        return CopyTarget(f"docker://{self.host}/{self.repository}@{digest}", self._dest_args())
+
+    def has(self, digest: str) -> bool:
+        """Whether the repository holds the manifest ``digest`` (a registry refuses a manifest before its
+        blobs)."""
+        try:
+            return self.client.manifest_head(self.repository, digest) is not None
+        except (OSError, RegistryError, OutboundRefused) as error:
+            raise DestinationError(f"cannot read {self.describe()}@{digest}: {error}") from None
+
+    def store_index(self, tag: str, raw: bytes, media_type: str, architectures: tuple[str, ...]) -> str:
+        raise DestinationError("a registry destination does not take a sparse index yet")
 
     def cleanup(self, target: CopyTarget) -> None:
         """Nothing is staged for a registry destination."""

@@ -30,6 +30,7 @@ a 429 raises :class:`RateLimited`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import re
@@ -373,6 +374,19 @@ class RegistryClient:
             return None
         if resp.status != 200:
             raise RegistryError(f"GET manifest {repository}:{reference} answered HTTP {resp.status}", resp.status)
+        return resp.body
+
+    def blob(self, repository: str, digest: str) -> bytes | None:
+        """A (small) blob of ``repository``, e.g. an image's config; None when it does not exist. The body is
+        checked against ``digest``: a registry (or a storage host it redirects to) cannot swap it."""
+        resp = self._request("GET", f"/v2/{_quote(repository)}/blobs/{urllib.parse.quote(digest, safe=':')}",
+                             scope=f"repository:{repository}:pull")
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise RegistryError(f"GET blob {repository}@{digest} answered HTTP {resp.status}", resp.status)
+        if "sha256:" + hashlib.sha256(resp.body).hexdigest() != digest:
+            raise RegistryError(f"GET blob {repository}@{digest}: the body does not match its digest")
         return resp.body
 
     def tags(self, repository: str, *, missing_ok: bool = True) -> list[str]:
