@@ -279,6 +279,9 @@ class MirrorSyncTag(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     # The platforms copied ("os/arch[/variant]", a JSON list) when the architecture filter chose them.
     platforms_json: Mapped[str | None] = mapped_column("platforms", Text)
+    # The upstream's digest when the tag was stored under another one (a registry that refused the sparse index
+    # got an index of the copied platforms only); NULL: ``digest`` is upstream's.
+    upstream_digest: Mapped[str | None] = mapped_column(String(80))
 
     @property
     def platforms(self) -> list[str] | None:
@@ -299,5 +302,8 @@ class MirrorOwnedTag(Base):
     # The architecture filter the tag's index was stored with (a JSON list); NULL: stored whole. A re-sync
     # with another filter copies what the new one adds (or rewrites the tag whole once the filter is cleared).
     architectures_json: Mapped[str | None] = mapped_column("architectures", Text)
+    # The upstream digest the tag was stored from, when ``digest`` differs (see MirrorSyncTag.upstream_digest):
+    # the next run's check compares it, so an unchanged upstream is still skipped.
+    upstream_digest: Mapped[str | None] = mapped_column(String(80))
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

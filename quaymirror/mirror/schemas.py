@@ -317,6 +317,11 @@ class SyncTagResultView(View):
     bytes = fields.Integer(required=True, allow_none=True)
     duration_ms = fields.Integer(required=True, allow_none=True)
     finished = QuayDate(required=True, allow_none=True)
+    upstream_digest = fields.String(required=True, allow_none=True,
+                                    metadata={"description": "Upstream's digest when the tag was stored under "
+                                                             "another one (``digest``: an index of the copied "
+                                                             "platforms that the destination registry took instead "
+                                                             "of the sparse one); null: the same."})
     platforms = fields.List(fields.String(), required=True, allow_none=True,
                             metadata={"description": "The platforms copied (os/architecture[/variant]) when the "
                                                      "architecture filter chose them; null: the image as it is."})

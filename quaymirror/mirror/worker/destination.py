@@ -36,7 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quaymirror.mirror.worker import platforms, reasons
-from quaymirror.mirror.worker.registry_client import INDEX_TYPES, RegistryClient, RegistryError
+from quaymirror.mirror.worker.registry_client import (
+    INDEX_TYPES,
+    ManifestRefused,
+    RegistryClient,
+    RegistryError,
+)
 from quaymirror.mirror.worker.skopeo import RunFiles, Skopeo
 from quaymirror.security.outbound import OutboundRefused
 from quaymirror.settings import OciStorage, Settings
@@ -51,6 +56,10 @@ MAX_MANIFEST = 4 * 1024 * 1024
 
 class DestinationError(RuntimeError):
     """The destination is misconfigured or unreadable (a FAIL of the run, reason unknown_error)."""
+
+
+class SparseRefused(DestinationError):
+    """A registry refused a sparse index and ``QUAYMIRROR_SPARSE_FALLBACK`` is ``fail`` (reason sparse_refused)."""
 
 
 @dataclass
@@ -322,6 +331,7 @@ class RegistryRepository:
         self.files = files
         self.skopeo = skopeo
         self.tls_verify = settings.storage_tls_verify
+        self.sparse_fallback = settings.sparse_fallback
         # The configured host is the operator's own registry (usually private): trusted without an allow-list
         # entry. Its realms and redirects on other hosts are checked like any upstream's.
         self.client = RegistryClient(host, username=settings.storage_username, password=settings.storage_password,
@@ -382,7 +392,30 @@ class RegistryRepository:
             raise DestinationError(f"cannot read {self.describe()}@{digest}: {error}") from None
 
     def store_index(self, tag: str, raw: bytes, media_type: str, architectures: tuple[str, ...]) -> str:
-        raise DestinationError("a registry destination does not take a sparse index yet")
+        """PUT the upstream's index bytes under ``tag``; the digest stored.
+
+        A registry that checks an index's children (distribution answers ``400 MANIFEST_BLOB_UNKNOWN`` for each
+        missing one) refuses the sparse index: then ``QUAYMIRROR_SPARSE_FALLBACK`` says what happens, a
+        failure (``fail``) or an index listing only the copied children (``filtered``, a new digest).
+        """
+        try:
+            return self.client.put_manifest(self.repository, tag, raw, media_type)
+        except ManifestRefused as refused:
+            if "MANIFEST_BLOB_UNKNOWN" not in refused.codes:
+                raise DestinationError(str(refused)) from None
+            if self.sparse_fallback == "fail":
+                raise SparseRefused(f"{self.describe()} refused the sparse index of {tag}: {refused}. "
+                                    "QUAYMIRROR_SPARSE_FALLBACK=filtered stores an index of the copied platforms "
+                                    "instead (under a digest of its own)") from None
+            doc = json.loads(raw)
+            doc["manifests"] = list(platforms.select(doc, architectures).children)
+            filtered = json.dumps(doc, separators=(",", ":")).encode()
+            try:
+                return self.client.put_manifest(self.repository, tag, filtered, media_type)
+            except (OSError, RegistryError, OutboundRefused) as error:
+                raise DestinationError(f"{self.describe()} refused the filtered index of {tag}: {error}") from None
+        except (OSError, RegistryError, OutboundRefused) as error:
+            raise DestinationError(f"cannot push the index of {tag} to {self.describe()}: {error}") from None
 
     def cleanup(self, target: CopyTarget) -> None:
         """Nothing is staged for a registry destination."""

@@ -61,6 +61,8 @@ class TagResult:
     platforms: tuple[str, ...] | None = None
     # The filter the tag's index is stored with, for the next run's check; None: stored whole.
     architectures: tuple[str, ...] | None = None
+    # Upstream's digest when ``digest`` (what the destination holds) differs from it.
+    upstream_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,8 @@ class RunRecorder:
         self.began = time.monotonic()
         self.began_wall = time.time()
         self._owned: dict[str, str] = {}  # the tags the mirror owned when the run listed the upstream
-        # The filter each of those tags was stored with (see TagResult.architectures).
-        self.stored: dict[str, tuple[str, ...] | None] = {}
+        # How each of those tags was stored (its filter and upstream digest; see TagResult).
+        self.stored: dict[str, history.StoredTag] = {}
         self._pending: list[TagResult] = []
         self._flushed = time.monotonic()
 
@@ -159,7 +161,7 @@ class RunRecorder:
         with self.database.transaction() as session:
             history.set_matched(session, self.claimed.run_id, len(matched))
             self._owned = history.owned_tags(session, mirror.config_id)
-            self.stored = history.stored_architectures(session, mirror.config_id)
+            self.stored = history.stored_tags(session, mirror.config_id)
         self._flushed = time.monotonic()
         log.info("mirror %s: %d upstream tags, %d match %s", mirror.path, upstream, len(matched), mirror.rules)
         metrics.PENDING_TAGS.labels(mirror.namespace, mirror.name).set(len(matched))
@@ -191,9 +193,10 @@ class RunRecorder:
                 history.record_tag(session, self.claimed.run_id, result.tag, result.outcome, digest=result.digest,
                                    reason=result.reason, output=result.output or result.message, size=result.size,
                                    duration_ms=result.duration_ms, counts_as_done=result.outcome in DONE_OUTCOMES,
-                                   platforms=result.platforms)
+                                   platforms=result.platforms, upstream_digest=result.upstream_digest)
                 if result.digest and self._owns(result):
-                    history.own(session, run.mirror.config_id, result.tag, result.digest, result.architectures)
+                    history.own(session, run.mirror.config_id, result.tag,
+                                history.StoredTag(result.digest, result.architectures, result.upstream_digest))
                 for listener in self.listeners:
                     listener.tag_recorded(session, run, result)
         for result in results:

@@ -41,12 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quaymirror.mirror.history import StoredTag
 from quaymirror.mirror.models import TagOutcome
 from quaymirror.mirror.worker import platforms, policy, reasons
 from quaymirror.mirror.worker.destination import (
     Destination,
     DestinationError,
     Removal,
+    SparseRefused,
     open_repository,
     sha256,
 )
@@ -147,8 +149,8 @@ class TagContext:
     files: RunFiles
     group: ProcessGroup
     locks: DigestLocks = field(default_factory=DigestLocks)
-    # The architecture filter each tag the mirror owns was stored with (None: whole), once the run read it.
-    stored: dict[str, tuple[str, ...] | None] = field(default_factory=dict)
+    # How each tag the mirror owns was stored (its filter, upstream's digest), once the run read it.
+    stored: dict[str, StoredTag] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings, mirror: Mirror, files: RunFiles, group: ProcessGroup) -> TagContext:
@@ -289,12 +291,18 @@ class CheckTag(TagStep):
             present = context.destination.digest(tag)
         except DestinationError as error:
             return done(TagOutcome.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=upstream)
-        stored = context.stored.get(tag)
         if present == upstream and not is_index:
             return done(TagOutcome.SKIPPED, digest=upstream)
-        if present == upstream and stored == (mirror.architecture_filter or None):
-            # The same index, stored with the same filter (or whole, without one): nothing to add or drop.
-            return done(TagOutcome.SKIPPED, digest=upstream, architectures=stored)
+        stored = context.stored.get(tag)
+        if present is not None and stored is not None and present == stored.digest \
+                and (stored.upstream_digest or present) == upstream \
+                and stored.architectures == (mirror.architecture_filter or None):
+            # The same index, stored with the same filter (or whole, without one): nothing to add or drop. A
+            # registry may hold it under another digest (an index of the copied platforms): upstream's counts.
+            return done(TagOutcome.SKIPPED, digest=present, architectures=stored.architectures,
+                        upstream_digest=stored.upstream_digest)
+        if present == upstream and not mirror.architecture_filter and (stored is None or stored.architectures is None):
+            return done(TagOutcome.SKIPPED, digest=upstream)  # whole already (a copy the history does not know of)
         if context.upstream is not None and context.upstream.client.rate_limit_remaining == 0:
             return done(TagOutcome.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
                         message=f"the upstream registry's pull rate limit is exhausted (RateLimit-Remaining: 0); "
@@ -483,12 +491,15 @@ def _copy_selected(context: TagContext, plan: TagPlan, upstream: str, raw: bytes
                 size += destination.image_size(digest) or 0
             media_type = json.loads(raw).get("mediaType") or OCI_INDEX
             digest = destination.store_index(tag, raw, media_type, context.mirror.architecture_filter)
+    except SparseRefused as refused:
+        return done(TagOutcome.FAILED, reason=reasons.SPARSE_REFUSED, digest=upstream, message=str(refused))
     except (DestinationError, OSError) as error:
         return done(TagOutcome.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
                     message=f"storing the tag failed: {error}")
     output = "\n".join(o for o in outputs if o) or None
     return done(TagOutcome.COPIED, digest=digest, size=size, output=output, stderr=output,
-                platforms=selection.platforms, architectures=context.mirror.architecture_filter)
+                platforms=selection.platforms, architectures=context.mirror.architecture_filter,
+                upstream_digest=upstream if digest != upstream else None)
 
 
 def _copy(context: TagContext, source: str, reference: str, dest_args: list[str], digestfile: Path | None) -> Result:

@@ -2,6 +2,7 @@
 
 from tests.worker.conftest import (  # noqa: F401  (fixtures, found by pytest under these names)
     _tools,
+    auth_registry,
     counting_skopeo,
     make_worker,
     markers,

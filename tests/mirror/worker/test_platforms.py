@@ -14,6 +14,7 @@ import pytest
 
 from quaymirror.mirror import status
 from quaymirror.mirror.models import RepoMirrorConfig
+from tests.harness.fixtures import AUTH_PASSWORD, AUTH_USERNAME
 from tests.harness.images import push_images
 from tests.worker.conftest import skopeo_calls, sync_once
 from tests.worker.helpers import layout_tags
@@ -188,3 +189,65 @@ def test_an_index_without_a_selected_platform_fails_with_quays_message(registry,
     assert results["arm"].outcome == "filtered"
     assert (run.status, run.reason) == ("FAIL", "invalid_source")
     assert not (wsettings.storage.path / "org/none/index.json").exists() or layout_tags(wsettings, "org/none") == {}
+
+
+def test_into_a_registry_that_refuses_sparse_indexes(registry, auth_registry, upstream, database,
+                                                     mirrors, make_worker, client, world, counting_skopeo,
+                                                     tmp_path):
+    """docker-registry refuses an index whose children are missing: a failure by default; with
+    QUAYMIRROR_SPARSE_FALLBACK=filtered an index of the arm64 images under a digest of its own."""
+    wrapper, log = counting_skopeo
+    dest = {"storage": f"docker://{auth_registry.host}", "storage_username": AUTH_USERNAME,
+            "storage_password": AUTH_PASSWORD, "storage_tls_verify": False, "skopeo_path": str(wrapper)}
+    config_id = mirrors.create("devtable/sparse", f"{registry.host}/up/multi", ["*"])
+    _set_filter(database, config_id, ["arm64"])
+    sync_once(make_worker(**dest))
+    run = mirrors.runs(config_id)[-1]
+    results = mirrors.tags(run.id)
+    assert {t: (r.outcome, r.reason) for t, r in results.items()} == {
+        **dict.fromkeys(INDEXES, ("failed", "sparse_refused")), "arm": ("copied", None),
+        "amd": ("filtered", None), "armv7": ("filtered", None)}
+    assert "MANIFEST_BLOB_UNKNOWN: blob unknown to registry" in results["i1"].output
+    assert "QUAYMIRROR_SPARSE_FALLBACK=filtered" in results["i1"].output
+    assert (run.status, run.reason) == ("FAIL", "sparse_refused")
+    assert sorted(auth_registry.tags("devtable/sparse")) == ["arm"]
+
+    _set_filter(database, config_id, ["arm64"])
+    sync_once(make_worker(sparse_fallback="filtered", **dest))
+    run = mirrors.runs(config_id)[-1]
+    results = mirrors.tags(run.id)
+    assert {t: r.outcome for t, r in results.items()} == {
+        **dict.fromkeys(INDEXES, "copied"), "arm": "skipped", "amd": "filtered", "armv7": "filtered"}
+    source = tmp_path / "img" / "layout"
+    for tag in INDEXES:
+        stored = results[tag]
+        assert (stored.upstream_digest, stored.platforms) == (upstream[tag], ["linux/arm64"])
+        assert stored.digest == auth_registry.manifest_digest("devtable/sparse", tag) != upstream[tag]
+        arm64 = _child(source, upstream[tag], "arm64")
+        index = json.loads(subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", f"{AUTH_USERNAME}:{AUTH_PASSWORD}",
+             f"docker://{auth_registry.host}/devtable/sparse:{tag}"], capture_output=True, check=True,
+            timeout=30).stdout)
+        assert [e["digest"] for e in index["manifests"]] == [
+            e["digest"] for e in _json(source, upstream[tag])["manifests"]
+            if arm64 in (e["digest"], e.get("annotations", {}).get("vnd.docker.reference.digest"))]
+        config = subprocess.run(
+            ["skopeo", "--override-arch", "arm64", "inspect", "--config", "--tls-verify=false", "--creds",
+             f"{AUTH_USERNAME}:{AUTH_PASSWORD}", f"docker://{auth_registry.host}/devtable/sparse:{tag}"],
+            capture_output=True, check=True, timeout=30).stdout
+        assert json.loads(config)["architecture"] == "arm64"
+    detail = client.get(f"/api/v1/repository/devtable/sparse/mirror/syncs/{run.id}",
+                        headers=world.headers("admin")).get_json()
+    i1 = next(t for t in detail["tag_results"] if t["tag"] == "i1")
+    assert (i1["digest"], i1["upstream_digest"], i1["platforms"]) == (
+        results["i1"].digest, upstream["i1"], ["linux/arm64"])
+    assert detail["tags"]["filtered"] == 2
+
+    # --- upstream unchanged: skipped on upstream's digest, nothing copied, no skopeo process
+    log.write_text("")
+    _set_filter(database, config_id, ["arm64"])
+    sync_once(make_worker(sparse_fallback="filtered", **dest))
+    run = mirrors.runs(config_id)[-1]
+    assert {t: r.outcome for t, r in mirrors.tags(run.id).items()} == {
+        **dict.fromkeys([*INDEXES, "arm"], "skipped"), "amd": "filtered", "armv7": "filtered"}
+    assert skopeo_calls(log) == []
