@@ -419,3 +419,19 @@ class MirrorHealthView(View):
     tags_pending = fields.Integer(required=True)
     last_check = IsoDate(required=True, allow_none=True)
     issues = fields.List(fields.Nested(HealthIssueView), required=True)
+
+
+# ------------------------------------------------------------------ the registry's capabilities
+class SparseManifestsView(View):
+    """Whether the registry stores sparse indexes (an index whose other platforms were not mirrored)."""
+
+    supported = fields.Boolean(required=True)
+    required_architectures = fields.List(fields.String(), required=True)
+    optional_architectures_allowed = fields.Boolean(required=True)
+
+
+class RegistryCapabilitiesView(View):
+    """Quay's ``GET /api/v1/registry/capabilities``: what clients may ask of the mirror's architecture filter."""
+
+    sparse_manifests = fields.Nested(SparseManifestsView, required=True)
+    mirror_architectures = fields.List(fields.String(), required=True)
