@@ -251,3 +251,24 @@ def test_into_a_registry_that_refuses_sparse_indexes(registry, auth_registry, up
     assert {t: r.outcome for t, r in mirrors.tags(run.id).items()} == {
         **dict.fromkeys([*INDEXES, "arm"], "skipped"), "amd": "filtered", "armv7": "filtered"}
     assert skopeo_calls(log) == []
+
+
+def test_without_an_http_client_skopeo_reads_the_manifests(registry, upstream, wsettings, database, mirrors,
+                                                            make_worker, counting_skopeo):
+    """A mirror with a proxy hands every request to skopeo (Go never proxies loopback, so the proxy named here is
+    never asked): the filter reads the index and the single image's config with ``skopeo inspect``."""
+    wrapper, log = counting_skopeo
+    config_id = mirrors.create("org/proxied", f"{registry.host}/up/multi", ["i1", "amd", "arm"],
+                               proxy={"http_proxy": "http://proxy.example:3128"})
+    _set_filter(database, config_id, ["arm64"])
+    sync_once(make_worker(skopeo_path=str(wrapper)))
+    run = mirrors.runs(config_id)[-1]
+    assert {t: (r.outcome, r.digest) for t, r in mirrors.tags(run.id).items()} == {
+        "i1": ("copied", upstream["i1"]), "amd": ("filtered", upstream["amd"]), "arm": ("copied", upstream["arm"])}
+    assert layout_tags(wsettings, "org/proxied") == {"i1": upstream["i1"], "arm": upstream["arm"]}
+    inspects = sorted(("--config" in argv, argv[-1]) for _, argv in skopeo_calls(log) if argv[0] == "inspect")
+    ref = f"docker://{registry.host}/up/multi"
+    assert inspects == sorted(
+        [(False, f"{ref}:{t}") for t in ("i1", "amd", "arm")]  # the check: no HEAD without a client
+        + [(False, f"{ref}@{upstream[t]}") for t in ("i1", "amd", "arm")]  # the filter reads each manifest
+        + [(True, f"{ref}@{upstream[t]}") for t in ("amd", "arm")])  # and each single image's config
