@@ -296,7 +296,7 @@ class CheckTag(TagStep):
         stored = context.stored.get(tag)
         if present is not None and stored is not None and present == stored.digest \
                 and (stored.upstream_digest or present) == upstream \
-                and stored.architectures == (mirror.architecture_filter or None):
+                and _same_filter(stored.architectures, mirror.architecture_filter):
             # The same index, stored with the same filter (or whole, without one): nothing to add or drop. A
             # registry may hold it under another digest (an index of the copied platforms): upstream's counts.
             return done(TagOutcome.SKIPPED, digest=present, architectures=stored.architectures,
@@ -308,6 +308,12 @@ class CheckTag(TagStep):
                         message=f"the upstream registry's pull rate limit is exhausted (RateLimit-Remaining: 0); "
                                 f"{tag} was not copied")
         return TagPlan(tag, upstream, is_index)
+
+
+def _same_filter(stored: tuple[str, ...] | None, wanted: tuple[str, ...]) -> bool:
+    """Whether an index stored with ``stored`` (None: whole) is what the filter ``wanted`` (empty: none) asks for;
+    the order of the values does not matter."""
+    return set(wanted) == set(stored) if stored is not None and wanted else stored is None and not wanted
 
 
 def _head(context: TagContext, tag: str) -> ManifestHead | None:

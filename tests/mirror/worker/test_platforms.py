@@ -152,6 +152,12 @@ def test_filter_copies_only_the_selected_platforms_and_follows_its_changes(
     assert len(_copies(log)) == 2 * len(INDEXES) + 1
     assert _stored_blobs(layout) == _expected_blobs(source, upstream, {"arm64", "amd64"}, ["arm", "amd"])
     assert layout_tags(wsettings, "org/multi") == {t: upstream[t] for t in [*INDEXES, "arm", "amd"]}
+    _set_filter(database, config_id, ["amd64", "arm64"])  # the same filter in another order: nothing to do
+    sync_once(worker)
+    run = mirrors.runs(config_id)[-1]
+    assert {t: r.outcome for t, r in mirrors.tags(run.id).items()} == {
+        **dict.fromkeys([*INDEXES, "arm", "amd"], "skipped"), "armv7": "filtered"}
+    assert skopeo_calls(log) == []
 
     # --- narrowed back: nothing copied; the indexes' amd64 images are garbage-collected (the single amd64
     # image stays: a single image is never removed by the filter)
