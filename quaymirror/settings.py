@@ -77,6 +77,16 @@ def _log_level(name: str, raw: str) -> str:
     return level
 
 
+SPARSE_FALLBACKS = ("fail", "filtered")
+
+
+def _sparse_fallback(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in SPARSE_FALLBACKS:
+        raise SettingsError(f"{name} must be one of {', '.join(SPARSE_FALLBACKS)}, not {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class OciStorage:
     """The embedded default: one OCI image layout per repository, ``<path>/<namespace>/<name>``."""
@@ -196,6 +206,8 @@ class Settings:
     ssrf_allowed_hosts: AllowList = field(default=NOTHING_ALLOWED, metadata=env(_allow_list, blank_is_default=True))
     superusers_full_access: bool = field(default=False, metadata=env(_bool, blank_is_default=True))
     feature_sparse_index: bool = field(default=False, metadata=env(_bool, blank_is_default=True))
+    # What a docker:// destination gets when it refuses an index whose children are missing (see README).
+    sparse_fallback: str = field(default="fail", metadata=env(_sparse_fallback, blank_is_default=True))
     # Where mirrored images go; unset: OCI layouts in <instance>/storage.
     storage: Storage = field(default=_DEFAULT_STORAGE, metadata=env(_storage, blank_is_default=True))
     storage_username: str | None = field(default=None, metadata=env(_text, blank_is_default=True))

@@ -178,6 +178,7 @@ def _env(tmp_path, **values: str) -> dict[str, str]:
     ("STORAGE", "docker://host/path"),
     ("LOG_LEVEL", "verbose"),
     ("LOG_LEVEL", ""),
+    ("SPARSE_FALLBACK", "ignore"),
 ])
 def test_a_bad_value_is_refused_naming_the_variable_and_the_value(name, raw, tmp_path):
     with pytest.raises(SettingsError) as refused:
@@ -255,3 +256,10 @@ def test_textual_forms_given_to_the_constructor_are_parsed(tmp_path):
         OciStorage(tmp_path / "storage")
     with pytest.raises(SettingsError):
         Settings(instance_path=tmp_path, database_url="sqlite://", secret_key="k", storage="s3://bucket")
+
+
+@pytest.mark.parametrize(("raw", "fallback"), [(None, "fail"), ("", "fail"), ("Filtered", "filtered"),
+                                               (" fail ", "fail")])
+def test_sparse_fallback(raw, fallback, tmp_path):
+    env = _env(tmp_path) if raw is None else _env(tmp_path, SPARSE_FALLBACK=raw)
+    assert Settings.from_env(env).sparse_fallback == fallback

@@ -8,6 +8,9 @@ these functions.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, func, select, update
@@ -24,7 +27,7 @@ from quaymirror.mirror.models import (
 )
 
 _COUNTER = {TagOutcome.COPIED: "tags_copied", TagOutcome.SKIPPED: "tags_skipped", TagOutcome.FAILED: "tags_failed",
-            TagOutcome.DELETED: "tags_deleted"}
+            TagOutcome.DELETED: "tags_deleted", TagOutcome.FILTERED: "tags_filtered"}
 OUTPUT_EXCERPT = 2000
 
 
@@ -62,10 +65,16 @@ def set_matched(session: Session, run_id: int, matched: int) -> None:
 
 def record_tag(session: Session, run_id: int, tag: str, outcome: TagOutcome, *, digest: str | None = None,
                reason: str | None = None, output: str | None = None, size: int | None = None,
-               duration_ms: int | None = None, counts_as_done: bool = True) -> None:
-    """Add one tag's result and bump the run's counters in the same statement (several threads write)."""
+               duration_ms: int | None = None, counts_as_done: bool = True,
+               platforms: Sequence[str] | None = None, upstream_digest: str | None = None) -> None:
+    """Add one tag's result and bump the run's counters in the same statement (several threads write).
+
+    ``platforms``: what the architecture filter chose to copy (None: no filter chose, the image was copied
+    as it is); ``upstream_digest``: upstream's, when the tag was stored under another digest."""
     session.add(MirrorSyncTag(run_id=run_id, tag=tag, digest=digest, outcome=outcome, reason=reason,
-                              output=excerpt(output), bytes=size, duration_ms=duration_ms, finished=utcnow()))
+                              output=excerpt(output), bytes=size, duration_ms=duration_ms, finished=utcnow(),
+                              platforms_json=None if platforms is None else json.dumps(list(platforms)),
+                              upstream_digest=upstream_digest))
     values: dict[str, object] = {}
     if counts_as_done:
         values["tags_done"] = MirrorSyncRun.tags_done + 1
@@ -119,15 +128,36 @@ def owned_tags(session: Session, config_id: int) -> dict[str, str]:
     return {tag: digest for tag, digest in rows}
 
 
-def own(session: Session, config_id: int, tag: str, digest: str) -> None:
-    """Record that the mirror wrote ``tag`` (insert or update; one mirror run per config at a time)."""
+@dataclass(frozen=True)
+class StoredTag:
+    """How an owned tag was stored: its digest, the architecture filter its index was stored with (None:
+    whole) and upstream's digest when the stored one differs (None: the same)."""
+
+    digest: str
+    architectures: tuple[str, ...] | None = None
+    upstream_digest: str | None = None
+
+
+def stored_tags(session: Session, config_id: int) -> dict[str, StoredTag]:
+    """How each tag the mirror owns was stored (for the next check)."""
+    rows = session.execute(select(MirrorOwnedTag.tag, MirrorOwnedTag.digest, MirrorOwnedTag.architectures_json,
+                                  MirrorOwnedTag.upstream_digest).where(MirrorOwnedTag.config_id == config_id))
+    return {tag: StoredTag(digest, None if text is None else tuple(json.loads(text)), upstream)
+            for tag, digest, text, upstream in rows}
+
+
+def own(session: Session, config_id: int, tag: str, stored: StoredTag) -> None:
+    """Record that the mirror wrote ``tag`` as ``stored`` (insert or update; one mirror run per config at a
+    time)."""
+    architectures = None if stored.architectures is None else json.dumps(list(stored.architectures))
     row = session.scalars(select(MirrorOwnedTag)
                           .where(MirrorOwnedTag.config_id == config_id, MirrorOwnedTag.tag == tag)).first()
     if row is None:
-        session.add(MirrorOwnedTag(config_id=config_id, tag=tag, digest=digest))
+        row = MirrorOwnedTag(config_id=config_id, tag=tag)
+        session.add(row)
     else:
-        row.digest = digest
         row.updated = utcnow()
+    row.digest, row.architectures_json, row.upstream_digest = stored.digest, architectures, stored.upstream_digest
 
 
 def disown(session: Session, config_id: int, tag: str) -> None:

@@ -84,6 +84,7 @@ class TagOutcome(enum.StrEnum):
     FAILED = "failed"
     DELETED = "deleted"
     KEPT = "kept"  # a prune candidate left in place (changed by someone else, see the reason)
+    FILTERED = "filtered"  # a single image of a platform the architecture filter leaves out: nothing copied
     CANCELLED = "cancelled"
 
 
@@ -254,6 +255,7 @@ class MirrorSyncRun(Base):
     tags_skipped: Mapped[int] = mapped_column(Integer, default=0)
     tags_deleted: Mapped[int] = mapped_column(Integer, default=0)
     tags_failed: Mapped[int] = mapped_column(Integer, default=0)
+    tags_filtered: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
@@ -270,6 +272,15 @@ class MirrorSyncTag(Base):
     output: Mapped[str | None] = mapped_column(Text)
     bytes: Mapped[int | None] = mapped_column(BigInteger)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # The platforms copied ("os/arch[/variant]", a JSON list) when the architecture filter chose them.
+    platforms_json: Mapped[str | None] = mapped_column("platforms", Text)
+    # The upstream's digest when the tag was stored under another one (a registry that refused the sparse index
+    # got an index of the copied platforms only); NULL: ``digest`` is upstream's.
+    upstream_digest: Mapped[str | None] = mapped_column(String(80))
+
+    @property
+    def platforms(self) -> list[str] | None:
+        return None if self.platforms_json is None else decode_architectures(self.platforms_json)
     finished: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -282,5 +293,11 @@ class MirrorOwnedTag(Base):
     config_id: Mapped[int] = owned_by("repomirrorconfig")
     tag: Mapped[str] = mapped_column(String(128))
     digest: Mapped[str] = mapped_column(String(80))
+    # The architecture filter the tag's index was stored with (a JSON list); NULL: stored whole. A re-sync
+    # with another filter copies what the new one adds (or rewrites the tag whole once the filter is cleared).
+    architectures_json: Mapped[str | None] = mapped_column("architectures", Text)
+    # The upstream digest the tag was stored from, when ``digest`` differs (see MirrorSyncTag.upstream_digest):
+    # the next run's check compares it, so an unchanged upstream is still skipped.
+    upstream_digest: Mapped[str | None] = mapped_column(String(80))
     created: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -260,6 +260,9 @@ class SyncTagCountsView(View):
     skipped = fields.Integer(attribute="tags_skipped", required=True, allow_none=True)
     deleted = fields.Integer(attribute="tags_deleted", required=True, allow_none=True)
     failed = fields.Integer(attribute="tags_failed", required=True, allow_none=True)
+    filtered = fields.Integer(attribute="tags_filtered", required=True, allow_none=True,
+                              metadata={"description": "Single images of a platform the architecture filter "
+                                                       "leaves out (nothing copied)."})
 
 
 class SyncProgressView(View):
@@ -314,6 +317,14 @@ class SyncTagResultView(View):
     bytes = fields.Integer(required=True, allow_none=True)
     duration_ms = fields.Integer(required=True, allow_none=True)
     finished = QuayDate(required=True, allow_none=True)
+    upstream_digest = fields.String(required=True, allow_none=True,
+                                    metadata={"description": "Upstream's digest when the tag was stored under "
+                                                             "another one (``digest``: an index of the copied "
+                                                             "platforms that the destination registry took instead "
+                                                             "of the sparse one); null: the same."})
+    platforms = fields.List(fields.String(), required=True, allow_none=True,
+                            metadata={"description": "The platforms copied (os/architecture[/variant]) when the "
+                                                     "architecture filter chose them; null: the image as it is."})
 
 
 class SyncTagResultsView(View):
@@ -408,3 +419,19 @@ class MirrorHealthView(View):
     tags_pending = fields.Integer(required=True)
     last_check = IsoDate(required=True, allow_none=True)
     issues = fields.List(fields.Nested(HealthIssueView), required=True)
+
+
+# ------------------------------------------------------------------ the registry's capabilities
+class SparseManifestsView(View):
+    """Whether the registry stores sparse indexes (an index whose other platforms were not mirrored)."""
+
+    supported = fields.Boolean(required=True)
+    required_architectures = fields.List(fields.String(), required=True)
+    optional_architectures_allowed = fields.Boolean(required=True)
+
+
+class RegistryCapabilitiesView(View):
+    """Quay's ``GET /api/v1/registry/capabilities``: what clients may ask of the mirror's architecture filter."""
+
+    sparse_manifests = fields.Nested(SparseManifestsView, required=True)
+    mirror_architectures = fields.List(fields.String(), required=True)

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,14 +93,27 @@ class _Blobs:
         return {"mediaType": media_type, "digest": f"sha256:{hexdigest}", "size": len(data)}
 
 
+def _platform(name: str) -> dict[str, str]:
+    """``arch`` or ``os/arch[/variant]`` as an OCI platform (os linux by default)."""
+    parts = name.split("/")
+    if len(parts) == 1:
+        parts = ["linux", *parts]
+    platform = {"architecture": parts[1], "os": parts[0]}
+    if len(parts) > 2:
+        platform["variant"] = parts[2]
+    return platform
+
+
 def _image_manifest(blobs: _Blobs, tag: str, arch: str, seed: str) -> dict[str, object]:
-    """Write the layers, config and manifest of one platform image; return its descriptor."""
+    """Write the layers, config and manifest of one platform image (``arch``: see :func:`_platform`); return its
+    descriptor."""
+    platform = _platform(arch)
+    arch = "/".join(arch.split("/")[-2:]) if "/" in arch else arch  # "arm/v7": as the layers always named it
     base_tar, base_gz = _tar_gz({"etc/base-arch": f"base layer for linux/{arch}\n".encode()})
     tag_tar, tag_gz = _tar_gz({"etc/image-tag": f"tag={tag}\narch={arch}\nseed={seed}\n".encode()})
     layers = [blobs.put(base_gz, LAYER_MEDIA_TYPE), blobs.put(tag_gz, LAYER_MEDIA_TYPE)]
     config = {
-        "architecture": arch,
-        "os": "linux",
+        **platform,
         "created": "1970-01-01T00:00:00Z",
         "config": {"Labels": {"quaymirror.test.tag": tag}},
         "rootfs": {
@@ -123,12 +136,19 @@ def build_layout(
     *,
     multiarch_every: int = 2,
     seed: str = "",
+    index_platforms: Sequence[str] = ARCHES,
+    single_platforms: Mapping[str, str] | None = None,
+    attestations: bool = False,
 ) -> dict[str, str]:
     """Write an OCI image layout holding ``tags``; return {tag: top-level digest}.
 
-    Tag number i (0-based) is a 3-platform OCI index (amd64, arm64, ppc64le)
-    when ``multiarch_every`` > 0 and i % multiarch_every == 0, otherwise a
-    single linux/amd64 OCI manifest.  Each image has a per-arch base layer
+    Tag number i (0-based) is an OCI index of ``index_platforms`` (default
+    amd64, arm64, ppc64le; ``os/arch[/variant]`` or ``arch``) when
+    ``multiarch_every`` > 0 and i % multiarch_every == 0, otherwise a single
+    OCI manifest of ``single_platforms[tag]`` (default linux/amd64). With
+    ``attestations``, each index also lists, per image, a buildx-style
+    attestation manifest (platform unknown/unknown, annotation
+    ``vnd.docker.reference.digest`` naming that image).  Each image has a per-arch base layer
     shared by all tags and seeds, and a per-tag layer whose file content
     includes the tag and ``seed``; so changing ``seed`` changes every digest.
     Blobs are shared with earlier builds in the same directory, but
@@ -153,18 +173,35 @@ def build_layout(
     for i, tag in enumerate(tags):
         if multiarch_every and i % multiarch_every == 0:
             children = []
-            for arch in ARCHES:
+            for arch in index_platforms:
                 desc = _image_manifest(blobs, tag, arch, seed)
-                children.append({**desc, "platform": {"architecture": arch, "os": "linux"}})
+                children.append({**desc, "platform": _platform(arch)})
+            if attestations:
+                children += [_attestation(blobs, child) for child in list(children)]
             index = {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": children}
             top = blobs.put(_canonical_json(index), INDEX_MEDIA_TYPE)
         else:
-            top = _image_manifest(blobs, tag, "amd64", seed)
+            top = _image_manifest(blobs, tag, (single_platforms or {}).get(tag, "amd64"), seed)
         digests[tag] = str(top["digest"])
         entries.append({**top, "annotations": {REF_NAME: tag}})
 
     (layout_dir / "index.json").write_bytes(_canonical_json({"schemaVersion": 2, "manifests": entries}))
     return digests
+
+
+def _attestation(blobs: _Blobs, image: dict[str, object]) -> dict[str, object]:
+    """A buildx-style attestation manifest for ``image`` (an index entry); its index entry."""
+    _tar, statement = _tar_gz({"provenance.json": _canonical_json({"subject": image["digest"]})})
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": blobs.put(_canonical_json({"architecture": "unknown", "os": "unknown"}), CONFIG_MEDIA_TYPE),
+        "layers": [blobs.put(statement, "application/vnd.in-toto+json")],
+    }
+    return {**blobs.put(_canonical_json(manifest), MANIFEST_MEDIA_TYPE),
+            "platform": {"architecture": "unknown", "os": "unknown"},
+            "annotations": {"vnd.docker.reference.digest": image["digest"],
+                            "vnd.docker.reference.type": "attestation-manifest"}}
 
 
 # ------------------------------------------------------------------- pushing
@@ -246,9 +283,14 @@ def push_images(
     seed: str = "",
     workdir: Path,
     jobs: int = 1,
+    index_platforms: Sequence[str] = ARCHES,
+    single_platforms: Mapping[str, str] | None = None,
+    attestations: bool = False,
 ) -> dict[str, str]:
-    """Build ``tags`` into ``workdir``/layout and push them; return {tag: digest}."""
+    """Build ``tags`` into ``workdir``/layout (see :func:`build_layout`) and push them; return {tag: digest}."""
     layout = Path(workdir) / "layout"
-    digests = build_layout(layout, tags, multiarch_every=multiarch_every, seed=seed)
+    digests = build_layout(layout, tags, multiarch_every=multiarch_every, seed=seed,
+                           index_platforms=index_platforms, single_platforms=single_platforms,
+                           attestations=attestations)
     push_layout(layout, registry, repo, list(tags), jobs=jobs)
     return digests

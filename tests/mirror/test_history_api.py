@@ -59,7 +59,8 @@ def test_list_paginate_detail_and_auth(api_client, world, database, mirrors):
     assert detail.status_code == 200
     assert detail.get_json()["tag_results"] == [{
         "tag": "v1", "digest": "sha256:" + "a" * 64, "outcome": "skipped", "reason": None, "output": None,
-        "bytes": None, "duration_ms": None, "finished": detail.get_json()["tag_results"][0]["finished"]}]
+        "bytes": None, "duration_ms": None, "finished": detail.get_json()["tag_results"][0]["finished"],
+        "upstream_digest": None, "platforms": None}]
 
     assert api_client.get(BASE).status_code == 401
     assert api_client.get(BASE, headers=world.headers("reader")).status_code == 403

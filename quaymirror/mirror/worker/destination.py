@@ -35,8 +35,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quaymirror.mirror.worker import reasons
-from quaymirror.mirror.worker.registry_client import INDEX_TYPES, RegistryClient, RegistryError
+from quaymirror.mirror.worker import platforms, reasons
+from quaymirror.mirror.worker.registry_client import (
+    INDEX_TYPES,
+    ManifestRefused,
+    RegistryClient,
+    RegistryError,
+)
 from quaymirror.mirror.worker.skopeo import RunFiles, Skopeo
 from quaymirror.security.outbound import OutboundRefused
 from quaymirror.settings import OciStorage, Settings
@@ -51,6 +56,10 @@ MAX_MANIFEST = 4 * 1024 * 1024
 
 class DestinationError(RuntimeError):
     """The destination is misconfigured or unreadable (a FAIL of the run, reason unknown_error)."""
+
+
+class SparseRefused(DestinationError):
+    """A registry refused a sparse index and ``QUAYMIRROR_SPARSE_FALLBACK`` is ``fail`` (reason sparse_refused)."""
 
 
 @dataclass
@@ -194,6 +203,33 @@ class OciRepository:
         if target.stage is not None:
             shutil.rmtree(target.stage, ignore_errors=True)
 
+    def child_target(self, tag: str, digest: str, slot: str) -> CopyTarget:
+        """Where one child of a sparse index is copied: a staging layout sharing the blob directory (the
+        child's blobs land in the layout; its staging entry is thrown away with :meth:`cleanup`)."""
+        return self.copy_target(tag, slot)
+
+    def has(self, digest: str) -> bool:
+        """Whether the layout holds the manifest ``digest`` (skopeo writes a manifest after its blobs)."""
+        algorithm, _, hexdigest = digest.partition(":")
+        return (self.path / "blobs" / algorithm / hexdigest).is_file()
+
+    def store_index(self, tag: str, raw: bytes, media_type: str, architectures: tuple[str, ...]) -> str:
+        """Put the upstream's index bytes under ``tag`` unchanged (its digest stays upstream's), noting the
+        filter it was stored with so garbage collection keeps exactly the selected children; the digest."""
+        digest = sha256(raw)
+        with self._locked():
+            self._ensure_layout()
+            blob = self.path / "blobs" / "sha256" / digest.partition(":")[2]
+            if not blob.is_file():
+                _atomic_write(blob, raw)
+            doc = self._index()
+            entry = {"mediaType": media_type, "digest": digest, "size": len(raw),
+                     "annotations": {REF_NAME: tag, platforms.STORED_ARCHITECTURES: ",".join(architectures)}}
+            doc["manifests"] = [m for m in doc["manifests"]
+                                if (m.get("annotations") or {}).get(REF_NAME) != tag] + [entry]
+            self._write_index(doc)
+        return digest
+
     def _blob(self, digest: str) -> bytes | None:
         algorithm, _, hexdigest = digest.partition(":")
         path = self.path / "blobs" / algorithm / hexdigest
@@ -240,11 +276,17 @@ class OciRepository:
             return 0
         with self._locked():
             reachable: set[str] = set()
-            stack = [m.get("digest") for m in self._index()["manifests"]]
+            # (digest, the filter a tag's sparse index was stored with): of a sparse index only the selected
+            # children are reached (the others are absent, or no longer wanted since the filter narrowed).
+            stack: list[tuple[object, str | None]] = [
+                (m.get("digest"), (m.get("annotations") or {}).get(platforms.STORED_ARCHITECTURES))
+                for m in self._index()["manifests"]]
+            walked: set[tuple[str, str | None]] = set()
             while stack:
-                digest = stack.pop()
-                if not isinstance(digest, str) or digest in reachable:
+                digest, stored = stack.pop()
+                if not isinstance(digest, str) or (digest, stored) in walked:
                     continue
+                walked.add((digest, stored))
                 reachable.add(digest)
                 data = self._blob(digest)
                 if data is None:
@@ -254,11 +296,13 @@ class OciRepository:
                     doc = json.loads(data)
                 except ValueError:
                     return 0
-                stack.extend(m.get("digest") for m in doc.get("manifests") or [])
+                children = platforms.stored_children(data, stored)
+                stack.extend((child, None) for child in (
+                    children if children is not None else [m.get("digest") for m in doc.get("manifests") or []]))
                 for blob in [doc.get("config"), *(doc.get("layers") or []), doc.get("subject")]:
                     if isinstance(blob, dict) and isinstance(blob.get("digest"), str):
                         if blob.get("mediaType") in INDEX_TYPES or blob.get("mediaType") == OCI_MANIFEST:
-                            stack.append(blob["digest"])
+                            stack.append((blob["digest"], None))
                         else:
                             reachable.add(blob["digest"])
             freed = 0
@@ -287,6 +331,7 @@ class RegistryRepository:
         self.files = files
         self.skopeo = skopeo
         self.tls_verify = settings.storage_tls_verify
+        self.sparse_fallback = settings.sparse_fallback
         # The configured host is the operator's own registry (usually private): trusted without an allow-list
         # entry. Its realms and redirects on other hosts are checked like any upstream's.
         self.client = RegistryClient(host, username=settings.storage_username, password=settings.storage_password,
@@ -333,6 +378,44 @@ class RegistryRepository:
 
     def commit(self, tag: str, target: CopyTarget) -> str | None:
         return None  # the digest file says what was written
+
+    def child_target(self, tag: str, digest: str, slot: str) -> CopyTarget:
+        """One child of a sparse index is pushed by its digest: no tag names it."""
+        return CopyTarget(f"docker://{self.host}/{self.repository}@{digest}", self._dest_args())
+
+    def has(self, digest: str) -> bool:
+        """Whether the repository holds the manifest ``digest`` (a registry refuses a manifest before its
+        blobs)."""
+        try:
+            return self.client.manifest_head(self.repository, digest) is not None
+        except (OSError, RegistryError, OutboundRefused) as error:
+            raise DestinationError(f"cannot read {self.describe()}@{digest}: {error}") from None
+
+    def store_index(self, tag: str, raw: bytes, media_type: str, architectures: tuple[str, ...]) -> str:
+        """PUT the upstream's index bytes under ``tag``; the digest stored.
+
+        A registry that checks an index's children (distribution answers ``400 MANIFEST_BLOB_UNKNOWN`` for each
+        missing one) refuses the sparse index: then ``QUAYMIRROR_SPARSE_FALLBACK`` says what happens, a
+        failure (``fail``) or an index listing only the copied children (``filtered``, a new digest).
+        """
+        try:
+            return self.client.put_manifest(self.repository, tag, raw, media_type)
+        except ManifestRefused as refused:
+            if "MANIFEST_BLOB_UNKNOWN" not in refused.codes:
+                raise DestinationError(str(refused)) from None
+            if self.sparse_fallback == "fail":
+                raise SparseRefused(f"{self.describe()} refused the sparse index of {tag}: {refused}. "
+                                    "QUAYMIRROR_SPARSE_FALLBACK=filtered stores an index of the copied platforms "
+                                    "instead (under a digest of its own)") from None
+            doc = json.loads(raw)
+            doc["manifests"] = list(platforms.select(doc, architectures).children)
+            filtered = json.dumps(doc, separators=(",", ":")).encode()
+            try:
+                return self.client.put_manifest(self.repository, tag, filtered, media_type)
+            except (OSError, RegistryError, OutboundRefused) as error:
+                raise DestinationError(f"{self.describe()} refused the filtered index of {tag}: {error}") from None
+        except (OSError, RegistryError, OutboundRefused) as error:
+            raise DestinationError(f"cannot push the index of {tag} to {self.describe()}: {error}") from None
 
     def cleanup(self, target: CopyTarget) -> None:
         """Nothing is staged for a registry destination."""

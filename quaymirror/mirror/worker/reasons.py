@@ -19,6 +19,8 @@ CONNECTION_ERROR = "connection_error"
 TIMEOUT = "timeout"
 CANCELLED = "cancelled"
 INVALID_SOURCE = "invalid_source"
+# A docker:// destination refused a sparse index (and QUAYMIRROR_SPARSE_FALLBACK is "fail").
+SPARSE_REFUSED = "sparse_refused"
 UNKNOWN_ERROR = "unknown_error"
 
 _FATAL_RE = re.compile(r'level=fatal msg="((?:[^"\\]|\\.)*)"')

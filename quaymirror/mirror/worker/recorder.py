@@ -40,7 +40,7 @@ log = logging.getLogger(RUN_LOGGER)
 # Skipped tags' results are written at least this often (seconds) while a run goes on.
 RECORD_EVERY = 0.5
 # Outcomes that finish one of the run's matched tags (its pending-tags gauge goes down).
-DONE_OUTCOMES = frozenset({TagOutcome.COPIED, TagOutcome.SKIPPED, TagOutcome.FAILED})
+DONE_OUTCOMES = frozenset({TagOutcome.COPIED, TagOutcome.SKIPPED, TagOutcome.FAILED, TagOutcome.FILTERED})
 
 
 @dataclass
@@ -57,6 +57,12 @@ class TagResult:
     duration_ms: int | None = None
     stdout: str | None = None
     stderr: str | None = None
+    # The platforms the architecture filter chose to copy ("os/arch[/variant]"); None: no filter chose.
+    platforms: tuple[str, ...] | None = None
+    # The filter the tag's index is stored with, for the next run's check; None: stored whole.
+    architectures: tuple[str, ...] | None = None
+    # Upstream's digest when ``digest`` (what the destination holds) differs from it.
+    upstream_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,8 @@ class RunRecorder:
         self.began = time.monotonic()
         self.began_wall = time.time()
         self._owned: dict[str, str] = {}  # the tags the mirror owned when the run listed the upstream
+        # How each of those tags was stored (its filter and upstream digest; see TagResult).
+        self.stored: dict[str, history.StoredTag] = {}
         self._pending: list[TagResult] = []
         self._flushed = time.monotonic()
 
@@ -153,6 +161,7 @@ class RunRecorder:
         with self.database.transaction() as session:
             history.set_matched(session, self.claimed.run_id, len(matched))
             self._owned = history.owned_tags(session, mirror.config_id)
+            self.stored = history.stored_tags(session, mirror.config_id)
         self._flushed = time.monotonic()
         log.info("mirror %s: %d upstream tags, %d match %s", mirror.path, upstream, len(matched), mirror.rules)
         metrics.PENDING_TAGS.labels(mirror.namespace, mirror.name).set(len(matched))
@@ -183,9 +192,11 @@ class RunRecorder:
             for result in results:
                 history.record_tag(session, self.claimed.run_id, result.tag, result.outcome, digest=result.digest,
                                    reason=result.reason, output=result.output or result.message, size=result.size,
-                                   duration_ms=result.duration_ms, counts_as_done=result.outcome in DONE_OUTCOMES)
+                                   duration_ms=result.duration_ms, counts_as_done=result.outcome in DONE_OUTCOMES,
+                                   platforms=result.platforms, upstream_digest=result.upstream_digest)
                 if result.digest and self._owns(result):
-                    history.own(session, run.mirror.config_id, result.tag, result.digest)
+                    history.own(session, run.mirror.config_id, result.tag,
+                                history.StoredTag(result.digest, result.architectures, result.upstream_digest))
                 for listener in self.listeners:
                     listener.tag_recorded(session, run, result)
         for result in results:

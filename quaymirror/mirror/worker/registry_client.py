@@ -30,6 +30,7 @@ a 429 raises :class:`RateLimited`.
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import re
@@ -77,6 +78,21 @@ class RedirectError(RegistryError):
 
 class RateLimited(RegistryError):
     """The registry refused the request for its pull rate limit (429), or said none are left."""
+
+
+class ManifestRefused(RegistryError):
+    """A registry refused a manifest PUT; ``codes`` are its error codes (e.g. ``MANIFEST_BLOB_UNKNOWN``)."""
+
+    def __init__(self, repository: str, reference: str, status: int, body: bytes) -> None:
+        try:
+            errors = json.loads(body).get("errors") or []
+        except (ValueError, AttributeError):
+            errors = []
+        errors = [e for e in errors if isinstance(e, dict)]
+        self.codes = tuple(str(e.get("code")) for e in errors)
+        said = "; ".join(f"{e.get('code')}: {e.get('message')}" + (f" ({e['detail']})" if isinstance(
+            e.get("detail"), str) else "") for e in errors[:5]) or f"HTTP {status}"
+        super().__init__(f"PUT {repository}:{reference} answered HTTP {status}: {said}", status)
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,7 @@ class RegistryClient:
                 if conn in self._open:
                     self._open.remove(conn)
 
-    def _send(self, scheme: str, method: str, url: str, headers: dict[str, str]) -> Response:
+    def _send(self, scheme: str, method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> Response:
         """``url`` (a path on this registry, or an absolute URL: a token realm), following redirects.
 
         A redirect is followed to any host the SSRF rules allow (the opener
@@ -201,7 +217,7 @@ class RegistryClient:
         target, sent = origin, headers
         for hop in range(MAX_REDIRECTS + 1):
             try:
-                resp = self._exchange(target, method, path, sent)
+                resp = self._exchange(target, method, path, sent, body)
             except OutboundRefused as refused:
                 if hop:
                     raise refused.during(f"redirect of {first}") from None
@@ -216,29 +232,30 @@ class RegistryClient:
                 raise RedirectError(f"{first} was redirected (HTTP {resp.status}) to an unusable location",
                                     resp.status) from None
             if resp.status == 303 and method != "HEAD":
-                method = "GET"
+                method, body = "GET", None
             sent = headers if target == origin else {k: v for k, v in headers.items() if k.lower() != "authorization"}
         raise RedirectError(f"{first}: more than {MAX_REDIRECTS} redirects")
 
-    def _exchange(self, key: Origin, method: str, path: str, headers: dict[str, str]) -> Response:
+    def _exchange(self, key: Origin, method: str, path: str, headers: dict[str, str],
+                  body: bytes | None = None) -> Response:
         """One request and its response on this thread's kept-alive connection to ``key``."""
         for attempt in range(1, REUSED_CONNECTION_ATTEMPTS + 1):
             conn = self._pooled(key)
             reused = conn.sock is not None
             try:
-                conn.request(method, path, headers=headers)
+                conn.request(method, path, body=body, headers=headers)
                 resp = conn.getresponse()
                 if method == "HEAD":
-                    body = b""
+                    answer = b""
                     resp.read()
                 else:
-                    body = resp.read(MAX_BODY)
+                    answer = resp.read(MAX_BODY)
                     if not resp.isclosed():  # larger than MAX_BODY: the connection cannot be reused
                         self._drop(key)
                 if resp.will_close:
                     self._drop(key)
                 self._note_rate_limit(resp.headers)
-                return Response(resp.status, resp.headers, body)
+                return Response(resp.status, resp.headers, answer)
             except TimeoutError:
                 self._drop(key)
                 raise
@@ -262,7 +279,7 @@ class RegistryClient:
             return
 
     def _request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                 scope: str | None = None) -> Response:
+                 scope: str | None = None, body: bytes | None = None) -> Response:
         if self._scheme is None:
             # Only one thread probes https-then-http; the answer is remembered for the process
             # (a TLS probe against a plain-HTTP port costs about 0.5 s).
@@ -271,28 +288,28 @@ class RegistryClient:
                     cached = _SCHEMES.get(self.host)
                     if cached is not None:
                         try:
-                            resp = self._probe(method, path, headers, scope, cached)
+                            resp = self._probe(method, path, headers, scope, cached, body)
                         except (OSError, http.client.HTTPException, RegistryError):
                             resp = None
                         if resp is not None and resp.status != 400:
                             self._scheme = cached
                             return resp
                         _SCHEMES.pop(self.host, None)  # the registry changed: probe again
-                    resp = self._probe(method, path, headers, scope, None)
+                    resp = self._probe(method, path, headers, scope, None, body)
                     return resp
-        return self._probe(method, path, headers, scope, self._scheme)
+        return self._probe(method, path, headers, scope, self._scheme, body)
 
     def _probe(self, method: str, path: str, headers: dict[str, str] | None, scope: str | None,
-               known: str | None) -> Response:
+               known: str | None, body: bytes | None = None) -> Response:
         headers = dict(headers or {})
         scheme = known or "https"
         try:
-            resp = self._authorized(scheme, method, path, headers, scope)
+            resp = self._authorized(scheme, method, path, headers, scope, body)
         except (ssl.SSLError, ConnectionResetError, http.client.BadStatusLine) as error:
             if self.tls_verify or known == "https":
                 raise RegistryError(f"TLS error talking to {self.host}: {error}") from None
             scheme = "http"
-            resp = self._authorized(scheme, method, path, headers, scope)
+            resp = self._authorized(scheme, method, path, headers, scope, body)
         if self._scheme is None:
             self._scheme = scheme
             if not self.tls_verify:
@@ -300,11 +317,11 @@ class RegistryClient:
         return resp
 
     def _authorized(self, scheme: str, method: str, path: str, headers: dict[str, str],
-                    scope: str | None) -> Response:
+                    scope: str | None, body: bytes | None = None) -> Response:
         auth = self._tokens.get(scope or "") or self._basic
         if auth:
             headers["Authorization"] = auth
-        resp = self._send(scheme, method, path, headers)
+        resp = self._send(scheme, method, path, headers, body)
         if resp.status == 429:
             retry = resp.headers.get("Retry-After")
             raise RateLimited(f"{self.host} refused {method} for its rate limit (HTTP 429"
@@ -318,7 +335,7 @@ class RegistryClient:
                 headers["Authorization"] = f"Bearer {token}"
                 with self._lock:
                     self._tokens[scope] = headers["Authorization"]
-                return self._send(scheme, method, path, headers)
+                return self._send(scheme, method, path, headers, body)
         return resp
 
     def _fetch_token(self, scheme: str, challenge: str, scope: str) -> str | None:
@@ -379,6 +396,28 @@ class RegistryClient:
             raise RegistryError(f"{method} manifest {repository}:{reference} answered HTTP {resp.status}",
                                 resp.status)
         return resp
+
+    def blob(self, repository: str, digest: str) -> bytes | None:
+        """A (small) blob of ``repository``, e.g. an image's config; None when it does not exist. The body is
+        checked against ``digest``: a registry (or a storage host it redirects to) cannot swap it."""
+        resp = self._request("GET", f"/v2/{_quote(repository)}/blobs/{urllib.parse.quote(digest, safe=':')}",
+                             scope=f"repository:{repository}:pull")
+        if resp.status == 404:
+            return None
+        if resp.status != 200:
+            raise RegistryError(f"GET blob {repository}@{digest} answered HTTP {resp.status}", resp.status)
+        if "sha256:" + hashlib.sha256(resp.body).hexdigest() != digest:
+            raise RegistryError(f"GET blob {repository}@{digest}: the body does not match its digest")
+        return resp.body
+
+    def put_manifest(self, repository: str, reference: str, body: bytes, media_type: str) -> str:
+        """Push a manifest (an index, here) under ``reference``; its digest. A refusal raises
+        :class:`ManifestRefused` with the registry's error codes and messages."""
+        resp = self._request("PUT", f"/v2/{_quote(repository)}/manifests/{urllib.parse.quote(reference, safe=':')}",
+                             {"Content-Type": media_type}, scope=f"repository:{repository}:pull,push", body=body)
+        if resp.status in (200, 201):
+            return resp.headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+        raise ManifestRefused(repository, reference, resp.status, resp.body)
 
     def tags(self, repository: str, *, missing_ok: bool = True) -> list[str]:
         """Every tag of ``repository`` (following ``Link`` pagination); [] when it does not exist (or a 404

@@ -105,6 +105,7 @@ class MirrorRun:
         upstream = steps.list_tags(context)
         matched = filter_tags(upstream, mirror.rules)
         self.recorder.matched(len(upstream), matched)
+        context.stored.update(self.recorder.stored)
         results = self._tags(context, matched)
         if self.group.is_stopped:
             return self._stopped(results)

@@ -43,6 +43,8 @@ class Mirror:
     rules: list[str]
     timeout: float
     credentials_ok: bool = True
+    # The platforms to mirror (Quay's architecture_filter, its values' order); empty: every platform.
+    architecture_filter: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -92,4 +94,5 @@ def load_mirror(database: Database, settings: Settings, config_id: int) -> Mirro
             rules=[r for r in rules if isinstance(r, str)],
             timeout=max(timeout, MIN_TIMEOUT),
             credentials_ok=credentials_ok,
+            architecture_filter=tuple(a for a in config.architecture_filter if isinstance(a, str)),
         )

@@ -304,6 +304,11 @@ class Skopeo:
         return self.run(["inspect", "--raw", f"--tls-verify={_bool(tls_verify)}", "--authfile", str(authfile),
                          image])
 
+    def inspect_config(self, image: str, *, tls_verify: bool, authfile: Path) -> Result:
+        """The image's config blob as the registry stores it (``inspect --config --raw``)."""
+        return self.run(["inspect", "--config", "--raw", f"--tls-verify={_bool(tls_verify)}", "--authfile",
+                         str(authfile), image])
+
     def copy(self, source: str, destination: str, *, src_tls_verify: bool, src_authfile: Path,
              dest_args: Sequence[str] = (), digestfile: Path | None = None, unsigned: bool = False) -> Result:
         args = ["copy", "--all", "--preserve-digests", "--remove-signatures",

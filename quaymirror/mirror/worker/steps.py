@@ -1,16 +1,17 @@
 """The steps of a sync run that reach the registries: the source check, the tag list, each tag's pipeline,
 pruning and garbage collection.
 
-Each tag goes through :data:`PIPELINE`, a sequence of :class:`TagStep`: today
+Each tag goes through :data:`PIPELINE`, a sequence of :class:`TagStep`:
 :class:`CheckTag` (the upstream digest from a manifest ``HEAD``, or from
 ``skopeo inspect --raw`` when HTTP gives none; skip when the destination holds
-it under that tag) and then :class:`CopyTag` (``skopeo copy --all
---preserve-digests``, indexes first). A step turns a tag's :class:`TagPlan`
-into the next plan or into the tag's :class:`TagResult`; every tag finishes a
-step before any starts the next one. A step that looks at more (a platform
-filter that reads the manifest: an index continues with the children it
-selected, an image of another platform ends there) goes between the two
-without changing the run.
+it under that tag, an index stored with the mirror's current architecture
+filter), :class:`SelectPlatforms` (with a filter: an index continues with the
+children it selects, a single image of another platform ends ``filtered``)
+and then :class:`CopyTag` (``skopeo copy --all --preserve-digests``, indexes
+first; of a filtered index each selected child the destination lacks, by
+digest, then the upstream's index bytes under the tag). A step turns a tag's
+:class:`TagPlan` into the next plan or into the tag's :class:`TagResult`;
+every tag finishes a step before any starts the next one.
 
 Outbound requests: every HTTP request the worker itself makes (the tag list,
 each manifest ``HEAD``, a token realm, every ``Location`` it follows, the
@@ -40,12 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quaymirror.mirror.history import StoredTag
 from quaymirror.mirror.models import TagOutcome
-from quaymirror.mirror.worker import policy, reasons
+from quaymirror.mirror.worker import platforms, policy, reasons
 from quaymirror.mirror.worker.destination import (
     Destination,
     DestinationError,
     Removal,
+    SparseRefused,
     open_repository,
     sha256,
 )
@@ -71,6 +74,8 @@ log = logging.getLogger(RUN_LOGGER)
 # processes are killed at cancel and shutdown; a blocked HTTP read is not).
 HTTP_TIMEOUT = 5.0
 DOCKER_HUB = {"docker.io": "registry-1.docker.io", "index.docker.io": "registry-1.docker.io"}
+# An OCI index's media type, when the document does not say it (the field is optional there).
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 # skopeo's output stands for a check made before skopeo could run.
 NOT_APPLICABLE = "Not applicable"
 
@@ -144,6 +149,8 @@ class TagContext:
     files: RunFiles
     group: ProcessGroup
     locks: DigestLocks = field(default_factory=DigestLocks)
+    # How each tag the mirror owns was stored (its filter, upstream's digest), once the run read it.
+    stored: dict[str, StoredTag] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings, mirror: Mirror, files: RunFiles, group: ProcessGroup) -> TagContext:
@@ -214,6 +221,8 @@ class TagPlan:
     tag: str
     digest: str | None = None  # the upstream digest, once checked
     is_index: bool = False  # an image index (one image per platform), once checked
+    index: bytes | None = None  # the index's bytes, once the architecture filter read them
+    selection: platforms.Selection | None = None  # the children the filter chose (None: copy the image whole)
 
 
 class TagStep:
@@ -282,13 +291,29 @@ class CheckTag(TagStep):
             present = context.destination.digest(tag)
         except DestinationError as error:
             return done(TagOutcome.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=upstream)
-        if present == upstream:
+        if present == upstream and not is_index:
             return done(TagOutcome.SKIPPED, digest=upstream)
+        stored = context.stored.get(tag)
+        if present is not None and stored is not None and present == stored.digest \
+                and (stored.upstream_digest or present) == upstream \
+                and _same_filter(stored.architectures, mirror.architecture_filter):
+            # The same index, stored with the same filter (or whole, without one): nothing to add or drop. A
+            # registry may hold it under another digest (an index of the copied platforms): upstream's counts.
+            return done(TagOutcome.SKIPPED, digest=present, architectures=stored.architectures,
+                        upstream_digest=stored.upstream_digest)
+        if present == upstream and not mirror.architecture_filter and (stored is None or stored.architectures is None):
+            return done(TagOutcome.SKIPPED, digest=upstream)  # whole already (a copy the history does not know of)
         if context.upstream is not None and context.upstream.client.rate_limit_remaining == 0:
             return done(TagOutcome.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
                         message=f"the upstream registry's pull rate limit is exhausted (RateLimit-Remaining: 0); "
                                 f"{tag} was not copied")
         return TagPlan(tag, upstream, is_index)
+
+
+def _same_filter(stored: tuple[str, ...] | None, wanted: tuple[str, ...]) -> bool:
+    """Whether an index stored with ``stored`` (None: whole) is what the filter ``wanted`` (empty: none) asks for;
+    the order of the values does not matter."""
+    return set(wanted) == set(stored) if stored is not None and wanted else stored is None and not wanted
 
 
 def _head(context: TagContext, tag: str) -> ManifestHead | None:
@@ -314,6 +339,90 @@ def _head(context: TagContext, tag: str) -> ManifestHead | None:
         return None
 
 
+class SelectPlatforms(TagStep):
+    """The architecture filter: of an index, the children to copy; a single image of another platform ends here.
+
+    Without a filter every plan goes on unchanged. With one, the tag's manifest is read (over HTTP, by the
+    digest the check found; from ``skopeo inspect --raw`` without a client) and, for a single image, its
+    config's ``architecture``.
+    """
+
+    def run(self, context: TagContext, plan: TagPlan, slot: int) -> TagPlan | TagResult | None:
+        if not context.mirror.architecture_filter:
+            return plan
+        done = _timed(plan.tag)
+        try:
+            return self._select(context, plan, done)
+        except (OutboundRefused, RedirectError) as refused:
+            return done(TagOutcome.FAILED, reason=reasons.INVALID_SOURCE, message=str(refused), digest=plan.digest)
+        except RateLimited as error:
+            return done(TagOutcome.FAILED, reason=reasons.UNKNOWN_ERROR, message=str(error), digest=plan.digest)
+
+    @staticmethod
+    def _select(context: TagContext, plan: TagPlan, done: Callable[..., TagResult]) -> TagPlan | TagResult:
+        wanted = context.mirror.architecture_filter
+        tag, upstream = plan.tag, plan.digest
+        if upstream is None:
+            raise ValueError(f"tag {tag} reached the platform filter without an upstream digest")
+        fetched = _fetch(context, f"@{upstream}", config=False)
+        if isinstance(fetched, Result):
+            return _failed(done, fetched)
+        try:
+            doc = json.loads(fetched)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or sha256(fetched) != upstream:
+            return done(TagOutcome.FAILED, reason=reasons.INVALID_SOURCE, digest=upstream,
+                        message=f"the manifest of {tag} is not the JSON document {upstream} names")
+        if isinstance(doc.get("manifests"), list):
+            selection = platforms.select(doc, wanted)
+            if not selection.children:  # Quay's message, with its Python list reprs
+                return done(TagOutcome.FAILED, reason=reasons.INVALID_SOURCE, digest=upstream,
+                            message=f"No matching architectures. Requested: {list(wanted)}, "
+                                    f"Available: {list(selection.available)}")
+            return TagPlan(tag, upstream, True, fetched, selection)
+        config = doc.get("config")
+        digest = config.get("digest") if isinstance(config, dict) else None
+        if not isinstance(digest, str):
+            return done(TagOutcome.FAILED, reason=reasons.INVALID_SOURCE, digest=upstream,
+                        message=f"the manifest of {tag} names no config")
+        blob = _fetch(context, f"@{digest}", config=True, image=f"@{upstream}")
+        if isinstance(blob, Result):
+            return _failed(done, blob)
+        try:
+            architecture = json.loads(blob).get("architecture")
+        except (ValueError, AttributeError):
+            architecture = None
+        if architecture in wanted:
+            return plan
+        return done(TagOutcome.FILTERED, digest=upstream,
+                    message=f"{tag} is a single {architecture} image; the architecture filter is {list(wanted)}")
+
+
+def _fetch(context: TagContext, reference: str, *, config: bool, image: str | None = None) -> bytes | Result:
+    """A manifest (``reference`` = ``@digest``), or with ``config`` the config blob ``reference`` of the image
+    ``image``: over HTTP when the client answers, else from skopeo (whose failed result is returned).
+
+    As for the check's HEAD, an SSRF refusal or a redirect that cannot be followed propagates."""
+    mirror, upstream = context.mirror, context.upstream
+    if upstream is not None:
+        name = reference[1:]
+        try:
+            body = (upstream.client.blob(upstream.repository, name) if config
+                    else upstream.client.manifest(upstream.repository, name))
+        except (RateLimited, RedirectError):  # not for skopeo to follow unchecked (OutboundRefused neither)
+            raise
+        except (OSError, RegistryError, ValueError) as error:
+            log.info("mirror %s: reading %s over HTTP failed (%s); asking skopeo", mirror.path, name, error)
+            body = None
+        if body is not None:
+            return body
+    inspect = context.skopeo.inspect_config if config else context.skopeo.inspect_raw
+    result = inspect(f"docker://{mirror.reference}{image or reference}", tls_verify=mirror.verify_tls,
+                     authfile=context.src_auth)
+    return result.raw_stdout if result.ok else result
+
+
 class CopyTag(TagStep):
     """Copy the tag's image into the destination (its retries: ``policy``) and say what was written."""
 
@@ -327,6 +436,8 @@ class CopyTag(TagStep):
         tag, upstream = plan.tag, plan.digest
         if upstream is None:
             raise ValueError(f"tag {tag} reached the copy without an upstream digest")
+        if plan.selection is not None and plan.index is not None:
+            return _copy_selected(context, plan, upstream, plan.index, plan.selection, slot)
         destination = context.destination
         done = _timed(tag)
         try:
@@ -339,7 +450,7 @@ class CopyTag(TagStep):
             with context.locks.hold(upstream):
                 # Said as it starts, not only as it ends: a large image copies for minutes.
                 log.info("mirror %s: copying %s (%s)", context.mirror.path, tag, upstream)
-                copied = _copy(context, tag, target.reference, target.args, digestfile)
+                copied = _copy(context, f":{tag}", target.reference, target.args, digestfile)
             if not copied.ok:
                 return _failed(done, copied)
             try:
@@ -359,23 +470,62 @@ class CopyTag(TagStep):
                     stdout=copied.stdout, stderr=copied.stderr)
 
 
-def _copy(context: TagContext, tag: str, reference: str, dest_args: list[str], digestfile: Path) -> Result:
-    """``skopeo copy``, tried again while ``policy.copy_again`` says so; the last attempt's result."""
+def _copy_selected(context: TagContext, plan: TagPlan, upstream: str, raw: bytes,
+                   selection: platforms.Selection, slot: int) -> TagResult:
+    """A sparse index: each selected child the destination lacks, by digest, then the index's own bytes under
+    the tag. The bytes counted are those copied: children already there (a widened filter) are not."""
+    tag, destination = plan.tag, context.destination
+    done = _timed(tag)
+    size = len(raw)
+    outputs: list[str] = []
+    try:
+        with context.locks.hold(upstream):
+            for number, child in enumerate(selection.children):
+                digest = str(child["digest"])
+                if destination.has(digest):
+                    continue
+                target = destination.child_target(tag, digest, f"{slot}-{number}")
+                try:
+                    log.info("mirror %s: copying %s@%s (%s)", context.mirror.path, tag, digest,
+                             platforms.platform_name(child.get("platform") or {}) or "attached")
+                    copied = _copy(context, f"@{digest}", target.reference, target.args, None)
+                finally:
+                    destination.cleanup(target)
+                if not copied.ok:
+                    return _failed(done, copied)
+                outputs.append(copied.stderr)
+                size += destination.image_size(digest) or 0
+            media_type = json.loads(raw).get("mediaType") or OCI_INDEX
+            digest = destination.store_index(tag, raw, media_type, context.mirror.architecture_filter)
+    except SparseRefused as refused:
+        return done(TagOutcome.FAILED, reason=reasons.SPARSE_REFUSED, digest=upstream, message=str(refused))
+    except (DestinationError, OSError) as error:
+        return done(TagOutcome.FAILED, reason=reasons.UNKNOWN_ERROR, digest=upstream,
+                    message=f"storing the tag failed: {error}")
+    output = "\n".join(o for o in outputs if o) or None
+    return done(TagOutcome.COPIED, digest=digest, size=size, output=output, stderr=output,
+                platforms=selection.platforms, architectures=context.mirror.architecture_filter,
+                upstream_digest=upstream if digest != upstream else None)
+
+
+def _copy(context: TagContext, source: str, reference: str, dest_args: list[str], digestfile: Path | None) -> Result:
+    """``skopeo copy`` of the upstream's ``source`` (``:tag`` or ``@digest``), tried again while
+    ``policy.copy_again`` says so; the last attempt's result."""
     mirror = context.mirror
     attempt = 1
     while True:
-        copied = context.skopeo.copy(f"docker://{mirror.reference}:{tag}", reference,
+        copied = context.skopeo.copy(f"docker://{mirror.reference}{source}", reference,
                                      src_tls_verify=mirror.verify_tls, src_authfile=context.src_auth,
                                      dest_args=dest_args, digestfile=digestfile, unsigned=mirror.unsigned)
         if not policy.copy_again(attempt, copied.reason):
             return copied
-        log.info("mirror %s: copying %s failed (%s), trying again: %s", mirror.path, tag, copied.reason,
+        log.info("mirror %s: copying %s failed (%s), trying again: %s", mirror.path, source, copied.reason,
                  copied.message)
         context.group.wait(policy.copy_pause(attempt))  # returns at once on cancel or shutdown
         attempt += 1
 
 
-PIPELINE: tuple[TagStep, ...] = (CheckTag(), CopyTag())
+PIPELINE: tuple[TagStep, ...] = (CheckTag(), SelectPlatforms(), CopyTag())
 
 _REMOVED = {"deleted": TagOutcome.DELETED, "kept": TagOutcome.KEPT}
 
