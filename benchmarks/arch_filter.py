@@ -2,7 +2,7 @@
 in the same run, into the embedded OCI layout.
 
 The source is a real docker-registry on loopback; the 20 tags (10 OCI indexes of linux/amd64, linux/arm64
-and linux/arm/v7, and 10 single images of those platforms in turn) are built offline by tests.harness.images.
+and linux/arm/v7, and 10 single images of those platforms in turn) are built offline by tests.common.images.
 Every trial syncs into a fresh, empty layout through a real Worker (embedded SQLite), once without a filter and
 once with ``["arm64"]`` (the order turns with each trial); the bytes are the run's history count.
 
@@ -25,8 +25,8 @@ from quaymirror.mirror import status
 from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig
 from quaymirror.mirror.worker.runner import Worker
 from quaymirror.settings import Settings
-from tests.harness.images import push_images
-from tests.harness.registry import Registry
+from tests.common.images import push_images
+from tests.common.registry import Registry
 
 TAGS = [f"t{i:02d}" for i in range(20)]  # every second one an index
 PLATFORMS = ("amd64", "arm64", "linux/arm/v7")
@@ -38,7 +38,7 @@ METHODS = {"no filter": [], "arm64 only": FILTER}
 
 def sync(workdir: Path, src: Registry, architectures: list[str], tag_concurrency: int | None) -> tuple[float, int]:
     """One first sync into a fresh layout: (seconds from sync-now to SUCCESS, bytes the history counts)."""
-    from tests.worker.helpers import Mirrors
+    from tests.common.mirrors import Mirrors
 
     instance = workdir / f"instance-{time.time_ns()}"
     instance.mkdir(parents=True)

@@ -14,10 +14,10 @@ import pytest
 
 from quaymirror.mirror import status
 from quaymirror.mirror.models import RepoMirrorConfig
-from tests.harness.fixtures import AUTH_PASSWORD, AUTH_USERNAME
-from tests.harness.images import push_images
-from tests.worker.conftest import skopeo_calls, sync_once
-from tests.worker.helpers import layout_tags
+from tests.common.images import push_images
+from tests.common.mirrors import layout_tags
+from tests.common.registries import AUTH_PASSWORD, AUTH_USERNAME
+from tests.common.worker import skopeo_calls, sync_once
 
 pytestmark = pytest.mark.integration
 
