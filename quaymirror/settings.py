@@ -196,6 +196,8 @@ class Settings:
     ssrf_allowed_hosts: AllowList = field(default=NOTHING_ALLOWED, metadata=env(_allow_list, blank_is_default=True))
     superusers_full_access: bool = field(default=False, metadata=env(_bool, blank_is_default=True))
     feature_sparse_index: bool = field(default=False, metadata=env(_bool, blank_is_default=True))
+    # Organization mirroring's API (Quay's FEATURE_ORG_MIRROR; on by default here, off there).
+    feature_org_mirror: bool = field(default=True, metadata=env(_bool, blank_is_default=True))
     # Where mirrored images go; unset: OCI layouts in <instance>/storage.
     storage: Storage = field(default=_DEFAULT_STORAGE, metadata=env(_storage, blank_is_default=True))
     storage_username: str | None = field(default=None, metadata=env(_text, blank_is_default=True))

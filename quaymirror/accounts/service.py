@@ -18,6 +18,7 @@ from quaymirror.auth.permissions import is_namespace_admin, is_namespace_member
 from quaymirror.auth.tokens import Caller
 from quaymirror.errors import InvalidRequest, NotFound, model_error
 from quaymirror.mirror.models import RepoMirrorConfig
+from quaymirror.orgmirror import guard
 from quaymirror.security.secrets import DecryptionFailed, SecretBox
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,10 @@ def create_robot(session: Session, box: SecretBox, namespace: User, shortname: s
 
 
 def delete_robot(session: Session, robot: User) -> None:
+    """Refused while a mirror runs as the robot: a repository's, or (unlike Quay, which forgets to ask and then
+    loses the configuration or swallows the failure) an organization's."""
     in_use = session.scalars(select(RepoMirrorConfig.id).where(RepoMirrorConfig.internal_robot_id == robot.id)).first()
-    if in_use is not None:
+    if in_use is not None or guard.robot_in_use(session, robot.id):
         raise InvalidRequest("Robot is being used by a mirror")
     session.delete(robot)
     session.flush()

@@ -9,9 +9,10 @@ from flask_restful import Api, Resource
 
 from quaymirror import web
 from quaymirror.auth import scopes
-from quaymirror.auth.permissions import is_namespace_admin, namespace_by_name, superuser_passes
-from quaymirror.errors import Forbidden, NotFound
+from quaymirror.auth.permissions import may_create_repository, namespace_by_name
+from quaymirror.errors import Forbidden, InvalidRequest, NotFound, detail_error
 from quaymirror.openapi import Operation
+from quaymirror.orgmirror import guard
 from quaymirror.repositories import service
 from quaymirror.repositories.schemas import (
     ChangeState,
@@ -39,13 +40,14 @@ class RepositoryList(Resource):
         data = web.load(CreateRepository())
         session = web.session()
         namespace = namespace_by_name(session, data["namespace"])
-        allowed = superuser_passes(caller, web.settings().superusers_full_access) or (
-            namespace is not None
-            and caller.has_scope(scopes.REPO_CREATE)
-            and is_namespace_admin(session, caller.user, namespace)
-        )
-        if not allowed or namespace is None:
+        settings = web.settings()
+        if namespace is None or not may_create_repository(session, caller, namespace,
+                                                          superuser_full_access=settings.superusers_full_access):
             raise Forbidden()
+        service.check_new(session, namespace, data["repository"])
+        # After Quay's own checks of the name: an organization mirror owns every repository of its namespace.
+        if settings.feature_org_mirror and guard.is_org_mirrored(session, namespace.id):
+            raise InvalidRequest(guard.MSG_CREATE_REPO)
         with web.atomic(session):
             repo = service.create(session, namespace, data["repository"], visibility=data["visibility"],
                                   description=data["description"] or "", performer=caller.user)
@@ -84,6 +86,8 @@ class ChangeStateResource(Resource):
         data = web.load(ChangeState())
         repo = access.require()
         session = web.session()
+        if guard.is_org_mirrored(session, repo.namespace_id):
+            raise detail_error(400, guard.MSG_CHANGE_STATE)  # Quay's bare {"detail": ...}
         with web.atomic(session):
             service.change_state(session, repo, data["state"], performer=access.performer, ip=web.client_ip())
         return SuccessView().dump({"success": True})

@@ -67,14 +67,19 @@ def describe(repository: Repository, role: str | None) -> RepositoryDescription:
     )
 
 
-def create(session: Session, namespace: User, name: str, *, visibility: str = "private",
-           description: str = "", state: RepositoryState = RepositoryState.NORMAL,
-           performer: User | None = None) -> Repository:
+def check_new(session: Session, namespace: User, name: str) -> None:
+    """What a new repository's name and namespace must pass (Quay's texts)."""
     validate_repository_name(name)
     if namespace.is_robot:
         raise InvalidRequest("Robots cannot own repositories")
     if get(session, namespace, name) is not None:
         raise InvalidRequest("Repository already exists")
+
+
+def create(session: Session, namespace: User, name: str, *, visibility: str = "private",
+           description: str = "", state: RepositoryState = RepositoryState.NORMAL,
+           performer: User | None = None) -> Repository:
+    check_new(session, namespace, name)
     repository = Repository(namespace_id=namespace.id, namespace=namespace, name=name, visibility=visibility,
                             description=description or "", state=int(state))
     session.add(repository)
