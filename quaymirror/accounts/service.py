@@ -7,9 +7,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, select
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session
 
 from quaymirror.accounts.models import OrganizationMember, User
@@ -82,6 +83,22 @@ def organization(session: Session, name: str) -> User:
     if org is None:
         raise NotFound()
     return org
+
+
+def update_organization(session: Session, org: User, data: dict[str, Any]) -> None:
+    """Quay's organization PUT: the keys sent; only the e-mail is kept (see ``schemas.UpdateOrganization``)."""
+    if "email" in data:
+        validate_email(data["email"])
+        org.email = data["email"]
+        session.flush()
+
+
+def delete_organization(session: Session, org: User) -> None:
+    """Delete the organization now (Quay marks it and collects it later). The database's cascades take
+    everything it owns with it: memberships, robots, tokens, repositories with their mirrors, and (as Quay
+    3.18 does first) its organization mirror and the repositories that mirror discovered."""
+    session.execute(sql_delete(User).where(User.id == org.id, User.is_organization.is_(True)))
+    session.expunge(org)
 
 
 def organization_member_names(session: Session, org: User) -> list[str]:

@@ -302,13 +302,6 @@ def _release(session: Session, config: OrgMirrorConfig) -> None:
     session.flush()
 
 
-def delete_for_organization(session: Session, organization: User) -> None:
-    """An organization being deleted takes its mirror with it (as Quay 3.18 does), repositories first freed."""
-    config = find(session, organization.id, lock=True)
-    if config is not None:
-        _release(session, config)
-
-
 # ------------------------------------------------------------------ sync-now, cancel
 def _active_repositories(session: Session, config: OrgMirrorConfig) -> int:
     """Discovered repositories a new sync would collide with: those syncing, and (on an enabled mirror) those

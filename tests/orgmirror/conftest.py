@@ -75,6 +75,12 @@ def quay_client(app_with):
     return app_with(superusers_full_access=True).test_client()
 
 
+@pytest.fixture
+def client_allowing_loopback(app_with):
+    """A client whose SSRF allow list lets the organization mirror reach a stand-in upstream on 127.0.0.1."""
+    return app_with(ssrf_allowed_hosts=("127.0.0.1",)).test_client()
+
+
 def org_mirror_body(**overrides: Any) -> dict[str, Any]:
     """A minimal valid POST for sellnsmall."""
     body: dict[str, Any] = {
