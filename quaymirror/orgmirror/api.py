@@ -25,10 +25,10 @@ from quaymirror.orgmirror import service, verify
 from quaymirror.orgmirror.schemas import (
     CreateOrgMirrorConfig,
     DiscoveredRepositoriesView,
+    OrgMirrorConfigView,
     RepositoriesQuery,
     UpdateOrgMirrorConfig,
     VerifyView,
-    ViewOrgMirrorConfig,
 )
 
 _TAGS = ("org_mirror",)
@@ -60,7 +60,7 @@ def _write(orgname: str, action: Callable[..., object], status: int, schema: Sch
 class OrgMirror(Resource):
     openapi: ClassVar[Mapping[str, Operation]] = {
         "get": Operation("getOrgMirrorConfig", "The organization's mirror configuration.", scopes.ORG_ADMIN,
-                         {200: ViewOrgMirrorConfig}, tags=_TAGS),
+                         {200: OrgMirrorConfigView}, tags=_TAGS),
         "post": Operation("createOrgMirrorConfig", "Mirror every repository of an upstream namespace into this "
                           "empty organization.", scopes.ORG_ADMIN, {201: PLAIN_STRING},
                           body=CreateOrgMirrorConfig, tags=_TAGS),
@@ -74,7 +74,7 @@ class OrgMirror(Resource):
         organization, _actor = _organization(orgname)
         session = web.session()
         config = service.require(session, organization)
-        return ViewOrgMirrorConfig().dump(service.describe(session, config, web.secret_box()))
+        return OrgMirrorConfigView().dump(service.describe(session, config, web.secret_box()))
 
     def post(self, orgname: str) -> tuple[str, int]:
         def create(session: Any, organization: User, data: dict[str, Any], *, actor: Actor) -> None:

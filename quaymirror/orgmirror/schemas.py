@@ -29,7 +29,7 @@ from quaymirror.mirror.schemas import (
     _credential,
 )
 from quaymirror.orgmirror.models import SOURCE_TYPES, OrgMirrorRepoStatus
-from quaymirror.schemas import IsoDate, QuayDate, Query, View
+from quaymirror.schemas import INT64_MAX, INT64_MIN, IsoDate, QuayDate, Query, View
 
 NAMESPACE_MAX = 255
 MIN_SYNC_INTERVAL = 60
@@ -134,7 +134,7 @@ class RepoSyncStatusCountsView(View):
     SKIP = fields.Integer(required=True)
 
 
-class ViewOrgMirrorConfig(View):
+class OrgMirrorConfigView(View):
     """GET's body, Quay's keys in Quay's order; never the password. The two sync dates are written as POST and
     PUT accept them (Quay adds microseconds that it then refuses)."""
 
@@ -165,6 +165,10 @@ REPOSITORIES_MAX_PAGE = 1_000_000
 STATUS_NAMES = ", ".join(status.name for status in OrgMirrorRepoStatus)
 
 
+# Documented as any integer: a value out of range is clamped, never refused.
+_ANY_INTEGER = {"type": "integer", "format": "int64", "minimum": INT64_MIN, "maximum": INT64_MAX}
+
+
 class LenientInt(fields.Field):
     """Quay's ``page``/``limit``: a value that is not an integer means the default."""
 
@@ -180,9 +184,9 @@ class RepositoriesQuery(Query):
     below 1 means 100; ``status`` is a status name in any case."""
 
     page = LenientInt(load_default=None, metadata={"description": "Page (from 1) of repositories by name.",
-                                                   "type": "integer"})
+                                                   **_ANY_INTEGER})
     limit = LenientInt(load_default=None, metadata={"description": f"Per page, at most {REPOSITORIES_MAX_LIMIT}.",
-                                                    "type": "integer"})
+                                                    **_ANY_INTEGER})
     status = fields.String(load_default=None,
                            metadata={"description": f"Only the repositories in this status: {STATUS_NAMES}."})
 
