@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import scopes
-from quaymirror.auth.permissions import is_namespace_admin, is_namespace_member
+from quaymirror.auth.permissions import is_namespace_admin, is_namespace_member, may_create_repository
 from quaymirror.auth.tokens import Caller
 from quaymirror.errors import InvalidRequest, NotFound, model_error
 from quaymirror.mirror.models import RepoMirrorConfig
@@ -262,7 +262,8 @@ def describe_organization(session: Session, caller: Caller, org: User) -> Organi
         email=(org.email or "") if is_admin else "",
         is_admin=is_admin,
         is_member=is_namespace_member(session, caller.user, org),
-        can_create_repo=is_namespace_admin(session, caller.user, org) and caller.has_scope(scopes.REPO_CREATE),
+        # The rule POST /api/v1/repository applies (a superuser's full access aside, which is not the org's).
+        can_create_repo=may_create_repository(session, caller, org, superuser_full_access=False),
     )
 
 

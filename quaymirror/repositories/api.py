@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flask_restful import Api, Resource
+from sqlalchemy import select
 
 from quaymirror import web
+from quaymirror.accounts.models import User
 from quaymirror.auth import scopes
 from quaymirror.auth.permissions import may_create_repository, namespace_by_name
 from quaymirror.errors import Forbidden, InvalidRequest, NotFound, detail_error
@@ -46,6 +48,9 @@ class RepositoryList(Resource):
             raise Forbidden()
         service.check_new(session, namespace, data["repository"])
         # After Quay's own checks of the name: an organization mirror owns every repository of its namespace.
+        # The namespace's row is locked first, as the org mirror's creation locks it: one of the two waits
+        # for the other, so no repository appears in an organization whose mirror was just created.
+        session.execute(select(User.id).where(User.id == namespace.id).with_for_update())
         if settings.feature_org_mirror and guard.is_org_mirrored(session, namespace.id):
             raise InvalidRequest(guard.MSG_CREATE_REPO)
         with web.atomic(session):
