@@ -6,15 +6,12 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flask_restful import Api, Resource
-from sqlalchemy import select
 
 from quaymirror import web
-from quaymirror.accounts.models import User
 from quaymirror.auth import scopes
 from quaymirror.auth.permissions import may_create_repository, namespace_by_name
-from quaymirror.errors import Forbidden, InvalidRequest, NotFound, detail_error
+from quaymirror.errors import Forbidden, NotFound
 from quaymirror.openapi import Operation
-from quaymirror.orgmirror import guard
 from quaymirror.repositories import service
 from quaymirror.repositories.schemas import (
     ChangeState,
@@ -47,12 +44,8 @@ class RepositoryList(Resource):
                                                           superuser_full_access=settings.superusers_full_access):
             raise Forbidden()
         service.check_new(session, namespace, data["repository"])
-        # After Quay's own checks of the name: an organization mirror owns every repository of its namespace.
-        # The namespace's row is locked first, as the org mirror's creation locks it: one of the two waits
-        # for the other, so no repository appears in an organization whose mirror was just created.
-        session.execute(select(User.id).where(User.id == namespace.id).with_for_update())
-        if settings.feature_org_mirror and guard.is_org_mirrored(session, namespace.id):
-            raise InvalidRequest(guard.MSG_CREATE_REPO)
+        if settings.feature_org_mirror:
+            service.refuse_if_org_mirrored(session, namespace)  # after the name's checks, as Quay
         with web.atomic(session):
             repo = service.create(session, namespace, data["repository"], visibility=data["visibility"],
                                   description=data["description"] or "", performer=caller.user)
@@ -91,8 +84,7 @@ class ChangeStateResource(Resource):
         data = web.load(ChangeState())
         repo = access.require()
         session = web.session()
-        if guard.is_org_mirrored(session, repo.namespace_id):
-            raise detail_error(400, guard.MSG_CHANGE_STATE)  # Quay's bare {"detail": ...}
+        service.refuse_state_change_if_org_mirrored(session, repo)
         with web.atomic(session):
             service.change_state(session, repo, data["state"], performer=access.performer, ip=web.client_ip())
         return SuccessView().dump({"success": True})
