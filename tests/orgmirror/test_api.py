@@ -1,14 +1,9 @@
 """The organization mirror API beyond the recorded exchanges: what each operation stores and answers, the
-feature flag, the list's paging and filter, sync-now's and cancel's rules (Quay's bugs fixed), verify against
-a stand-in upstream on loopback."""
+feature flag, the list's paging and filter, sync-now's and cancel's rules (Quay's bugs fixed)."""
 
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
 
 import pytest
 from sqlalchemy import select, update
@@ -217,65 +212,3 @@ def test_repository_list_pages_and_filters(client, admin, database):
     assert (lenient["page"], lenient["limit"]) == (1, 100)
     empty = client.get(f"{MIRROR}/repositories?status=", headers=admin)
     assert empty.status_code == 400 and empty.get_json()["detail"].startswith("Invalid status filter ''")
-
-
-# ------------------------------------------------------------------ verify, against a stand-in upstream
-class _StandIn(BaseHTTPRequestHandler):
-    """A stand-in for an upstream's listing API on loopback: answers ``routes`` (path -> status), records
-    the Authorization headers it got."""
-
-    routes: ClassVar[dict[str, int]] = {}
-    seen: ClassVar[list[tuple[str, str | None]]] = []
-
-    def do_GET(self) -> None:
-        type(self).seen.append((self.path, self.headers.get("Authorization")))
-        self.send_response(self.routes.get(self.path, 404))
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"{}")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
-    _StandIn.routes, _StandIn.seen = {}, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.mark.parametrize(("kind", "routes", "success", "message"), [
-    ("harbor", {"/api/v2.0/projects/proj": 200}, True, "Connection successful"),
-    ("harbor", {"/api/v2.0/projects/proj": 403}, False, "Access forbidden - check permissions"),
-    ("harbor", {}, False, "Project 'proj' not found"),
-    ("quay", {"/api/v1/user/": 200, "/api/v1/users/proj": 200}, True, "Connection successful"),
-    ("quay", {"/api/v1/user/": 401}, False, "Authentication failed: invalid API token or credentials"),
-    ("quay", {"/api/v1/user/": 200}, False, "Namespace 'proj' not found"),
-    ("registry", {"/v2/": 200}, True, "Connection successful"),
-    ("registry", {"/v2/": 401}, False, "Authentication failed"),
-])
-def test_verify_asks_the_upstream_as_its_kind_does(client_allowing_loopback, orgs, upstream, kind, routes,
-                                                   success, message):
-    admin = orgs.headers("ORGADMIN")
-    _StandIn.routes = routes
-    configure(client_allowing_loopback, admin, external_registry_type=kind, external_registry_url=upstream,
-              external_namespace="proj", external_registry_username="bob", external_registry_password="tok")
-    response = client_allowing_loopback.post(f"{MIRROR}/verify", headers=admin)
-    assert response.status_code == 200
-    assert response.get_json() == {"success": success, "message": message}
-    expected_auth = "Bearer tok" if kind == "quay" else "Basic Ym9iOnRvaw=="
-    assert {auth for _path, auth in _StandIn.seen} == {expected_auth}
-
-
-def test_verify_refuses_a_url_the_rules_now_block(client_allowing_loopback, client, orgs, upstream):
-    """Stored while allowed, refused once the allow list no longer has it: nothing is sent."""
-    admin = orgs.headers("ORGADMIN")
-    configure(client_allowing_loopback, admin, external_registry_url=upstream)
-    response = client.post(f"{MIRROR}/verify", headers=admin)
-    assert response.get_json() == {"success": False, "message": "The provided URL is not allowed"}
-    assert _StandIn.seen == []
