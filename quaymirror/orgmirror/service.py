@@ -165,10 +165,9 @@ class SourceUrl:
     addresses: list[str]
 
 
-def check_url(url: str, settings: Settings, *, blocked: str = MSG_URL_NOT_ALLOWED) -> SourceUrl:
+def check_url(url: str, settings: Settings) -> SourceUrl:
     """Quay's URL rules: http or https, no credentials, a host, and the SSRF rules with DNS. A blocked host
-    gets one generic text (no oracle for the client; the server log says which host and how to allow it);
-    ``blocked`` is that text (verify words it differently)."""
+    gets one generic text (no oracle for the client; the server log says which host and how to allow it)."""
     if not url:
         raise InvalidRequest(MSG_URL_REQUIRED)
     try:
@@ -187,7 +186,7 @@ def check_url(url: str, settings: Settings, *, blocked: str = MSG_URL_NOT_ALLOWE
         addresses = ssrf.check_host(host, settings.ssrf_allowed_hosts)
     except ssrf.ReferenceBlocked as error:
         log.info("organization mirror URL refused: %s", error.explain())
-        raise InvalidRequest(blocked) from None
+        raise InvalidRequest(MSG_URL_NOT_ALLOWED) from None
     except ssrf.ReferenceUnresolvable as error:
         raise InvalidRequest(str(error)) from None
     except ssrf.ReferenceRejected:
@@ -256,9 +255,9 @@ def update(session: Session, organization: User, data: dict[str, Any], sent: lis
     changes the sync status; a new ``sync_start_date`` moves only the next discovery. ``sent``: the body's
     keys as sent (unknown ones too), which Quay's audit entry lists."""
     config = require(session, organization, lock=True)
-    robot = check_robot(session, data["robot_username"], organization) if "robot_username" in data else None
     if "external_registry_url" in data:
         check_url(data["external_registry_url"], settings)
+    robot = check_robot(session, data["robot_username"], organization) if "robot_username" in data else None
     start = check_date(data["sync_start_date"]) if "sync_start_date" in data else None
     old_reference = config.external_reference
     for key in ("is_enabled", "external_registry_url", "external_namespace", "visibility", "sync_interval",
