@@ -16,6 +16,7 @@ from quaymirror.auth.tokens import make_protector
 from quaymirror.db import Database
 from quaymirror.mirror import api as mirror_api
 from quaymirror.mirror import capabilities_api, health_api, history_api
+from quaymirror.orgmirror import api as orgmirror_api
 from quaymirror.repositories import api as repositories_api
 from quaymirror.security.secrets import SecretBox
 from quaymirror.settings import Settings
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, database: Database | None = Non
     api = QuayApi(app, prefix="/api/v1")
     for domain in (accounts_api, repositories_api, mirror_api, health_api, history_api, capabilities_api):
         domain.register(api)
+    orgmirror_api.register(api, enabled=settings.feature_org_mirror)
     openapi.register(api)  # GET /api/v1/discovery: the OpenAPI document of every route above
     app.register_error_handler(Exception, render_error)
 

@@ -11,12 +11,15 @@ from quaymirror.mirror.models import (  # noqa: F401
     RepoMirrorConfig,
     RepoMirrorRule,
 )
+from quaymirror.orgmirror.models import OrgMirrorConfig, OrgMirrorRepository
 from quaymirror.repositories.models import Repository, RepositoryPermission
 
 __all__ = [
     "AccessToken",
     "Base",
     "LogEntry",
+    "OrgMirrorConfig",
+    "OrgMirrorRepository",
     "OrganizationMember",
     "RepoMirrorConfig",
     "RepoMirrorRule",

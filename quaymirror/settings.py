@@ -208,6 +208,8 @@ class Settings:
     feature_sparse_index: bool = field(default=False, metadata=env(_bool, blank_is_default=True))
     # What a docker:// destination gets when it refuses an index whose children are missing (see README).
     sparse_fallback: str = field(default="fail", metadata=env(_sparse_fallback, blank_is_default=True))
+    # Organization mirroring's API (Quay's FEATURE_ORG_MIRROR; on by default here, off there).
+    feature_org_mirror: bool = field(default=True, metadata=env(_bool, blank_is_default=True))
     # Where mirrored images go; unset: OCI layouts in <instance>/storage.
     storage: Storage = field(default=_DEFAULT_STORAGE, metadata=env(_storage, blank_is_default=True))
     storage_username: str | None = field(default=None, metadata=env(_text, blank_is_default=True))

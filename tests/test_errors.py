@@ -289,7 +289,7 @@ def test_unknown_route_is_json_404(client, caller):
 def test_wrong_method_is_json_405(client, caller):
     for method, path, allowed in [
         ("POST", "/api/v1/user/", "GET, HEAD, OPTIONS"),
-        ("DELETE", "/api/v1/organization/buynlarge", "GET, HEAD, OPTIONS"),
+        ("PATCH", "/api/v1/organization/buynlarge", "DELETE, GET, HEAD, OPTIONS, PUT"),
         ("GET", "/api/v1/organization/", "OPTIONS, POST"),
         ("GET", "/api/v1/repository", "OPTIONS, POST"),
         ("PATCH", "/api/v1/repository/devtable/simple", None),

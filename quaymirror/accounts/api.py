@@ -18,10 +18,12 @@ from quaymirror.accounts.schemas import (
     EntitiesView,
     OrganizationView,
     RobotView,
+    UpdateOrganization,
     UserView,
 )
 from quaymirror.auth import scopes
 from quaymirror.auth.permissions import require_namespace_admin
+from quaymirror.auth.tokens import Caller
 from quaymirror.errors import Forbidden
 from quaymirror.openapi import PLAIN_STRING, Operation
 
@@ -53,10 +55,26 @@ class OrganizationList(Resource):
         return "Created", 201
 
 
+def _administered_organization(orgname: str) -> tuple[Caller, User]:
+    """Quay's AdministerOrganizationPermission (an org:admin token of an admin, or a superuser with full access:
+    401/403, also for an organization that does not exist), then the organization (404 for a user's
+    namespace)."""
+    caller = web.caller()
+    session = web.session()
+    require_namespace_admin(session, caller, orgname, scopes.ORG_ADMIN,
+                            superuser_full_access=web.settings().superusers_full_access)
+    return caller, service.organization(session, orgname)
+
+
 class Organization(Resource):
     openapi: ClassVar[Mapping[str, Operation]] = {
         "get": Operation("getOrganization", "An organization.", None, {200: OrganizationView},
                          tags=("organization",)),
+        "put": Operation("changeOrganizationDetails", "Change an organization's e-mail (Quay's other keys are "
+                         "accepted and ignored).", scopes.ORG_ADMIN, {200: OrganizationView},
+                         body=UpdateOrganization, tags=("organization",)),
+        "delete": Operation("deleteAdminedOrganization", "Delete an organization and everything it owns.",
+                            scopes.ORG_ADMIN, {204: None}, tags=("organization",)),
     }
 
     def get(self, orgname: str) -> dict[str, Any]:
@@ -65,6 +83,22 @@ class Organization(Resource):
         session = web.session()
         org = service.organization(session, orgname)
         return OrganizationView().dump(service.describe_organization(session, caller, org))
+
+    def put(self, orgname: str) -> dict[str, Any]:
+        data = web.load(UpdateOrganization())  # Quay validates the body first
+        caller, org = _administered_organization(orgname)
+        session = web.session()
+        with web.atomic(session):
+            service.update_organization(session, org, data)
+            body = OrganizationView().dump(service.describe_organization(session, caller, org))
+        return body
+
+    def delete(self, orgname: str) -> tuple[str, int]:
+        _caller, org = _administered_organization(orgname)
+        session = web.session()
+        with web.atomic(session):
+            service.delete_organization(session, org)
+        return "", 204
 
 
 def _robot_namespace(orgname: str | None) -> User:

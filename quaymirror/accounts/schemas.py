@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, fields, post_dump, validate
 
+from quaymirror.mirror.schemas import MAX_INT32, StrictBoolean, StrictInteger
 from quaymirror.schemas import Query, QueryBool, Rfc2822Date, View
 
 
@@ -15,6 +16,19 @@ class CreateOrganization(Schema):
 
     name = fields.String(required=True, validate=validate.Length(min=1, max=255))
     email = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=255))
+
+
+class UpdateOrganization(Schema):
+    """Quay's UpdateOrg keys, each optional. Only ``email`` is stored: quaymirror sends no invoices and expires no
+    tags, so the others are checked for their type and otherwise ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    email = fields.String(validate=validate.Length(max=255))
+    invoice_email = StrictBoolean()
+    invoice_email_address = fields.String(allow_none=True, validate=validate.Length(max=255))
+    tag_expiration_s = StrictInteger(validate=validate.Range(min=0, max=MAX_INT32))
 
 
 class CreateRobot(Schema):

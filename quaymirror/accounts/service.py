@@ -7,17 +7,19 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, select
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session
 
 from quaymirror.accounts.models import OrganizationMember, User
 from quaymirror.auth import scopes
-from quaymirror.auth.permissions import is_namespace_admin, is_namespace_member
+from quaymirror.auth.permissions import is_namespace_admin, is_namespace_member, may_create_repository
 from quaymirror.auth.tokens import Caller
 from quaymirror.errors import InvalidRequest, NotFound, model_error
 from quaymirror.mirror.models import RepoMirrorConfig
+from quaymirror.orgmirror import guard
 from quaymirror.security.secrets import DecryptionFailed, SecretBox
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,22 @@ def organization(session: Session, name: str) -> User:
     if org is None:
         raise NotFound()
     return org
+
+
+def update_organization(session: Session, org: User, data: dict[str, Any]) -> None:
+    """Quay's organization PUT: the keys sent; only the e-mail is kept (see ``schemas.UpdateOrganization``)."""
+    if "email" in data:
+        validate_email(data["email"])
+        org.email = data["email"]
+        session.flush()
+
+
+def delete_organization(session: Session, org: User) -> None:
+    """Delete the organization now (Quay marks it and collects it later). The database's cascades take
+    everything it owns with it: memberships, robots, tokens, repositories with their mirrors, and (as Quay
+    3.18 does first) its organization mirror and the repositories that mirror discovered."""
+    session.execute(sql_delete(User).where(User.id == org.id, User.is_organization.is_(True)))
+    session.expunge(org)
 
 
 def organization_member_names(session: Session, org: User) -> list[str]:
@@ -147,8 +165,10 @@ def create_robot(session: Session, box: SecretBox, namespace: User, shortname: s
 
 
 def delete_robot(session: Session, robot: User) -> None:
+    """Refused while a mirror runs as the robot: a repository's, or (unlike Quay, which forgets to ask and then
+    loses the configuration or swallows the failure) an organization's."""
     in_use = session.scalars(select(RepoMirrorConfig.id).where(RepoMirrorConfig.internal_robot_id == robot.id)).first()
-    if in_use is not None:
+    if in_use is not None or guard.robot_in_use(session, robot.id):
         raise InvalidRequest("Robot is being used by a mirror")
     session.delete(robot)
     session.flush()
@@ -242,7 +262,8 @@ def describe_organization(session: Session, caller: Caller, org: User) -> Organi
         email=(org.email or "") if is_admin else "",
         is_admin=is_admin,
         is_member=is_namespace_member(session, caller.user, org),
-        can_create_repo=is_namespace_admin(session, caller.user, org) and caller.has_scope(scopes.REPO_CREATE),
+        # The rule POST /api/v1/repository applies (a superuser's full access aside, which is not the org's).
+        can_create_repo=may_create_repository(session, caller, org, superuser_full_access=False),
     )
 
 

@@ -243,6 +243,18 @@ def repo_access(session: Session, caller: Caller | None, namespace_name: str, re
     return RepoAccess(caller, namespace, repository, org_role, permission_role, superuser_full_access)
 
 
+def may_create_repository(session: Session, caller: Caller, namespace: User | None, *,
+                          superuser_full_access: bool) -> bool:
+    """Quay's CreateRepositoryPermission under its token rules, which cap a token's roles per kind of resource
+    rather than by scope name alone: ``repo:create`` lets an administrator of the namespace create there, and an
+    ``org:admin`` token carries its owner's role in the organization, whose admins may create repositories."""
+    if superuser_passes(caller, superuser_full_access):
+        return True
+    if namespace is None or not is_namespace_admin(session, caller.user, namespace):
+        return False
+    return caller.has_scope(scopes.REPO_CREATE) or (namespace.is_organization and caller.has_scope(scopes.ORG_ADMIN))
+
+
 def require_namespace_admin(
     session: Session, caller: Caller | None, namespace_name: str, scope: str, *, superuser_full_access: bool = False
 ) -> User | None:

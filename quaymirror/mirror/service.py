@@ -43,6 +43,7 @@ from quaymirror.mirror.models import (
     new_uuid,
 )
 from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
+from quaymirror.orgmirror import guard
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
 from quaymirror.security import ssrf
@@ -192,6 +193,13 @@ def check_robot(session: Session, name: str, repository: Repository) -> User:
     return robot
 
 
+def refuse_if_org_mirrored(session: Session, repository: Repository) -> None:
+    """Quay refuses a repository's own mirror in a namespace an organization mirror manages (whether that mirror
+    is enabled or the feature on): the organization mirror owns every repository there."""
+    if guard.is_org_mirrored(session, repository.namespace_id):
+        raise InvalidRequest(guard.MSG_REPO_MIRROR)
+
+
 def _changed(session: Session, repository: Repository, actor: Actor, field: str, value: Any) -> None:
     """Quay's audit entry for one changed field."""
     audit.record(session, CHANGED, repository_id=repository.id,
@@ -204,6 +212,7 @@ def create(session: Session, repository: Repository, data: dict[str, Any], *, bo
     """Quay's POST: validate all (Quay's order), then rule, robot grant, config and MIRROR state at once."""
     # Concurrent POSTs for one repository queue here (PostgreSQL), so the later ones see the first's
     # configuration and answer 409 instead of colliding on the permission or config inserts.
+    refuse_if_org_mirrored(session, repository)  # before the 409, as Quay
     session.execute(select(Repository.id).where(Repository.id == repository.id).with_for_update())
     duplicate = _already_exists(repository)  # built now: after a failed flush nothing can be loaded
     if find(session, repository) is not None:
@@ -266,6 +275,7 @@ def update(session: Session, repository: Repository, data: dict[str, Any], *, bo
     so a client that PUTs back what it read (Ansible) changes nothing. Returns
     the names of the changed fields, as logged.
     """
+    refuse_if_org_mirrored(session, repository)
     config = require(session, repository, lock=True)
     put = _check_update(session, repository, config, data, settings, box)
     changes = [change for step in _UPDATE_STEPS for change in step(put)]

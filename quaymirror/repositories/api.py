@@ -9,7 +9,7 @@ from flask_restful import Api, Resource
 
 from quaymirror import web
 from quaymirror.auth import scopes
-from quaymirror.auth.permissions import is_namespace_admin, namespace_by_name, superuser_passes
+from quaymirror.auth.permissions import may_create_repository, namespace_by_name
 from quaymirror.errors import Forbidden, NotFound
 from quaymirror.openapi import Operation
 from quaymirror.repositories import service
@@ -39,13 +39,13 @@ class RepositoryList(Resource):
         data = web.load(CreateRepository())
         session = web.session()
         namespace = namespace_by_name(session, data["namespace"])
-        allowed = superuser_passes(caller, web.settings().superusers_full_access) or (
-            namespace is not None
-            and caller.has_scope(scopes.REPO_CREATE)
-            and is_namespace_admin(session, caller.user, namespace)
-        )
-        if not allowed or namespace is None:
+        settings = web.settings()
+        if namespace is None or not may_create_repository(session, caller, namespace,
+                                                          superuser_full_access=settings.superusers_full_access):
             raise Forbidden()
+        service.check_new(session, namespace, data["repository"])
+        if settings.feature_org_mirror:
+            service.refuse_if_org_mirrored(session, namespace)  # after the name's checks, as Quay
         with web.atomic(session):
             repo = service.create(session, namespace, data["repository"], visibility=data["visibility"],
                                   description=data["description"] or "", performer=caller.user)
@@ -84,6 +84,7 @@ class ChangeStateResource(Resource):
         data = web.load(ChangeState())
         repo = access.require()
         session = web.session()
+        service.refuse_state_change_if_org_mirrored(session, repo)
         with web.atomic(session):
             service.change_state(session, repo, data["state"], performer=access.performer, ip=web.client_ip())
         return SuccessView().dump({"success": True})

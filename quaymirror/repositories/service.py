@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from quaymirror import audit
 from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import User
-from quaymirror.errors import InvalidRequest, NotFound
+from quaymirror.errors import InvalidRequest, NotFound, detail_error
 from quaymirror.mirror.models import RepoMirrorConfig
+from quaymirror.orgmirror import guard
 from quaymirror.repositories.models import ROLE_RANK, Repository, RepositoryPermission, RepositoryState
 
 # Quay's repository name rule: a lowercase letter or digit, then letters, digits, . _ and -.
@@ -67,14 +68,34 @@ def describe(repository: Repository, role: str | None) -> RepositoryDescription:
     )
 
 
-def create(session: Session, namespace: User, name: str, *, visibility: str = "private",
-           description: str = "", state: RepositoryState = RepositoryState.NORMAL,
-           performer: User | None = None) -> Repository:
+def check_new(session: Session, namespace: User, name: str) -> None:
+    """What a new repository's name and namespace must pass (Quay's texts)."""
     validate_repository_name(name)
     if namespace.is_robot:
         raise InvalidRequest("Robots cannot own repositories")
     if get(session, namespace, name) is not None:
         raise InvalidRequest("Repository already exists")
+
+
+def refuse_if_org_mirrored(session: Session, namespace: User) -> None:
+    """An organization mirror owns every repository of its namespace: no other may be created there. The
+    namespace's row is locked first, as the mirror's creation locks it, so one waits for the other and no
+    repository appears in an organization whose mirror was just created."""
+    session.execute(select(User.id).where(User.id == namespace.id).with_for_update())
+    if guard.is_org_mirrored(session, namespace.id):
+        raise InvalidRequest(guard.MSG_CREATE_REPO)
+
+
+def refuse_state_change_if_org_mirrored(session: Session, repository: Repository) -> None:
+    """The organization mirror decides its repositories' states; Quay answers a bare ``{"detail": ...}``."""
+    if guard.is_org_mirrored(session, repository.namespace_id):
+        raise detail_error(400, guard.MSG_CHANGE_STATE)
+
+
+def create(session: Session, namespace: User, name: str, *, visibility: str = "private",
+           description: str = "", state: RepositoryState = RepositoryState.NORMAL,
+           performer: User | None = None) -> Repository:
+    check_new(session, namespace, name)
     repository = Repository(namespace_id=namespace.id, namespace=namespace, name=name, visibility=visibility,
                             description=description or "", state=int(state))
     session.add(repository)

@@ -2,7 +2,24 @@
 
 ``EXPECTED`` holds Quay's status for each cell; tests/auth/test_permissions.py checks the tables
 themselves and the edge cases, tests/e2e/test_authz_server.py every cell against the real server.
-``matrix_world`` builds the callers and targets the columns need.
+``matrix_world`` builds the callers and targets the columns need. The rules (Quay's
+``auth/permissions.py``):
+
+* no token, a garbage token, an expired token, a robot's own password used as a bearer: 401
+  ``invalid_token`` "Requires authentication";
+* authenticated without the right: 403 ``insufficient_scope`` "Unauthorized";
+* a repository that does not exist in a namespace the caller administers: 404; a namespace that
+  does not exist: 403;
+* the role on a repository is the caller's permission capped by the token's repo:* scope;
+  namespace owners and org admins hold admin on every repository of the namespace;
+* scopes: ``/user/``, ``/organization/{org}`` and ``/entities/`` any valid token; organization
+  create ``user:admin``; repository create ``repo:create`` + namespace admin; repository read
+  ``repo:read``; admin operations ``repo:admin``; organization robots ``org:admin`` + org admin;
+  the caller's own robots ``user:admin``;
+* the organization's PUT and its mirror's endpoints: ``org:admin`` + org admin; a body failing the mirror's
+  schema is a 400 before any check of the caller, as in Quay; a missing organization 403;
+* superusers pass admin checks only with QUAYMIRROR_SUPERUSERS_FULL_ACCESS on and a token that
+  carries ``super:user``.
 """
 
 from __future__ import annotations
@@ -53,6 +70,11 @@ ENDPOINTS: dict[str, tuple[str, str, dict | None]] = {
     "user_robot_put": ("PUT", "/api/v1/user/robots/newbot", {}),
     "user_robot_delete": ("DELETE", "/api/v1/user/robots/doomedbot", None),
     "entities": ("GET", "/api/v1/entities/dev?includeOrgs=False&includeTeams=False", None),
+    "org_put": ("PUT", "/api/v1/organization/buynlarge", {"email": "billing@example.com"}),
+    "orgmirror_get": ("GET", "/api/v1/organization/buynlarge/mirror", None),
+    "orgmirror_post_empty": ("POST", "/api/v1/organization/buynlarge/mirror", {}),
+    "orgmirror_sync_now": ("POST", "/api/v1/organization/buynlarge/mirror/sync-now", None),
+    "orgmirror_no_org": ("GET", "/api/v1/organization/nosuchorg/mirror", None),
 }
 COLUMNS = list(ENDPOINTS)
 
@@ -100,6 +122,11 @@ def same_for_all(status: int) -> dict[str, int]:
     return dict.fromkeys(COLUMNS, status)
 
 
+def unauthenticated() -> dict[str, int]:
+    """401 everywhere but the org mirror's POST of a body its schema refuses: Quay validates it first."""
+    return {**same_for_all(401), "orgmirror_post_empty": 400}
+
+
 # Reading aid: devtable owns devtable/simple (and is a superuser); freshuser administers buynlarge;
 # "member" is a plain member of buynlarge; reader is unrelated; devtable+dtrobot has read on
 # devtable/simple.
@@ -109,7 +136,9 @@ _REPO_DENIED = (
     "changestate=403 changestate_org=403 changestate_missing=403 perms_user=403 perms_team=403 perm_put=403 "
     "perms_user_org=403 perm_put_org=403"
 )
-_ORG_ROBOTS_DENIED = "org_robot_get=403 org_robot_put=403 org_robot_delete=403 org_robot_no_org=403"
+_ORG_ROBOTS_DENIED = ("org_robot_get=403 org_robot_put=403 org_robot_delete=403 org_robot_no_org=403 "
+                      "org_put=403 orgmirror_get=403 orgmirror_post_empty=400 orgmirror_sync_now=403 "
+                      "orgmirror_no_org=403")
 _ANY_TOKEN = "user=200 org_get=200 org_get_user_ns=404 entities=200"
 _NO_USER_ADMIN = "org_create=403 user_robot_get=403 user_robot_put=403 user_robot_delete=403"
 _OWNER = row(
@@ -135,10 +164,10 @@ _READ_ONLY_OWNER = row(
 _NOTHING_BUT_LOGIN = row(f"{_ANY_TOKEN} {_NO_USER_ADMIN} {_REPO_DENIED} {_ORG_ROBOTS_DENIED}")
 
 EXPECTED: dict[str, dict[str, int]] = {
-    "anonymous": same_for_all(401),
-    "garbage token": same_for_all(401),
-    "expired token": same_for_all(401),
-    "robot password as bearer": same_for_all(401),
+    "anonymous": unauthenticated(),
+    "garbage token": unauthenticated(),
+    "expired token": unauthenticated(),
+    "robot password as bearer": unauthenticated(),
     "only repo:read": _READ_ONLY_OWNER,
     "only repo:write": _READ_ONLY_OWNER,
     "only repo:admin": row(
@@ -163,6 +192,7 @@ EXPECTED: dict[str, dict[str, int]] = {
         "changestate=403 changestate_org=200 changestate_missing=403 perms_user=403 perms_team=403 perm_put=403 "
         "perms_user_org=200 perm_put_org=200 "
         "org_robot_get=200 org_robot_put=201 org_robot_delete=204 org_robot_no_org=403 "
+        "org_put=200 orgmirror_get=404 orgmirror_post_empty=400 orgmirror_sync_now=404 orgmirror_no_org=403 "
         "user_robot_get=400 user_robot_put=201 user_robot_delete=400"
     ),
     "org plain member": _UNRELATED_USER,
@@ -176,7 +206,8 @@ EXPECTED: dict[str, dict[str, int]] = {
         "repo_get_missing=404 repo_get_org_missing=404 repo_get_no_ns=404 repo_delete=204 repo_delete_org=204 "
         "changestate=200 changestate_org=200 changestate_missing=404 perms_user=200 perms_team=200 perm_put=200 "
         "perms_user_org=200 perm_put_org=200 "
-        "org_robot_get=200 org_robot_put=201 org_robot_delete=204 org_robot_no_org=403"
+        "org_robot_get=200 org_robot_put=201 org_robot_delete=204 org_robot_no_org=403 "
+        "org_put=200 orgmirror_get=404 orgmirror_post_empty=400 orgmirror_sync_now=404 orgmirror_no_org=404"
     ),
     "superuser, full access on, no super:user": _OWNER,
 }

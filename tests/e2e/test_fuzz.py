@@ -107,6 +107,9 @@ def narrowed(document: dict, runs: dict[str, list[int]]) -> dict:
         document["paths"][path][method]["parameters"] = [
             {"name": "repository", "in": "path", "required": True,
              "schema": {"type": "string", "enum": [DELETABLE, "nosuchrepo"]}}]
+    # The organization's DELETE would take every seeded row with it: it reaches no seeded organization.
+    document["paths"]["/api/v1/organization/{orgname}"]["delete"]["parameters"] = [
+        {"name": "orgname", "in": "path", "required": True, "schema": {"type": "string", "enum": ["nosuchorg"]}}]
     return document
 
 

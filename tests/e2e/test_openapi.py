@@ -25,6 +25,14 @@ QUAY_NICKNAMES = {
     ("/api/v1/user/", "get"): "getLoggedInUser",
     ("/api/v1/organization/{orgname}/robots/{robot_shortname}", "put"): "createOrgRobot",
     ("/api/v1/discovery", "get"): "discovery",
+    ("/api/v1/organization/{orgname}/mirror", "get"): "getOrgMirrorConfig",
+    ("/api/v1/organization/{orgname}/mirror", "post"): "createOrgMirrorConfig",
+    ("/api/v1/organization/{orgname}/mirror", "put"): "updateOrgMirrorConfig",
+    ("/api/v1/organization/{orgname}/mirror", "delete"): "deleteOrgMirrorConfig",
+    ("/api/v1/organization/{orgname}/mirror/sync-now", "post"): "syncOrgMirrorNow",
+    ("/api/v1/organization/{orgname}/mirror/sync-cancel", "post"): "cancelOrgMirrorSync",
+    ("/api/v1/organization/{orgname}/mirror/verify", "post"): "verifyOrgMirrorConnection",
+    ("/api/v1/organization/{orgname}/mirror/repositories", "get"): "listOrgMirrorRepositories",
 }
 
 # Answered without authentication (as Quay's): no 401 or 403 documented.
@@ -111,7 +119,10 @@ def test_path_parameters_bodies_errors_and_scopes(served):
             assert {"$ref": "#/components/schemas/MessageError"} in bad
             [requirement] = op["security"]
             assert list(requirement) == [SECURITY_SCHEME]
-            if "/mirror" in path and path not in {"/api/v1/repository/mirror/health", "/api/v1/superuser/mirror/health"}:
+            if path.startswith("/api/v1/organization/{orgname}/mirror"):
+                assert requirement[SECURITY_SCHEME] == [scopes.ORG_ADMIN], (path, method)
+            elif "/mirror" in path and path not in {"/api/v1/repository/mirror/health",
+                                                    "/api/v1/superuser/mirror/health"}:
                 assert requirement[SECURITY_SCHEME] == [scopes.REPO_ADMIN], (path, method)
     scheme = served["components"]["securitySchemes"][SECURITY_SCHEME]
     assert set(scheme["flows"]["implicit"]["scopes"]) == set(scopes.ALL_SCOPES)
@@ -128,6 +139,11 @@ def test_path_parameters_bodies_errors_and_scopes(served):
     assert create["properties"]["skopeo_timeout_interval"]["minimum"] == 300
     view = served["components"]["schemas"]["MirrorConfig"]
     assert "external_registry_password" not in view["properties"]
+    # The organization mirror: Quay's source types and ours (registry), the password never in the view.
+    org_create = served["components"]["schemas"]["CreateOrgMirrorConfig"]
+    assert org_create["properties"]["external_registry_type"]["enum"] == ["harbor", "quay", "registry"]
+    assert "registry" in org_create["properties"]["external_registry_type"]["description"]
+    assert "external_registry_password" not in served["components"]["schemas"]["OrgMirrorConfig"]["properties"]
     syncs = paths["/api/v1/repository/{namespace}/{repository}/mirror/syncs/{run_id}"]
     assert [p["schema"]["type"] for p in syncs["parameters"] if p["name"] == "run_id"] == ["integer"]
 
