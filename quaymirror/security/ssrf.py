@@ -178,9 +178,11 @@ _resolver_lock = threading.Lock()
 _resolver: Resolver = _default_resolver
 
 
-def set_resolver(resolver: Resolver | None) -> None:
-    """Install a DNS resolver for every check; ``None`` restores the default."""
+def set_resolver(resolver: Mapping[str, list[str]] | Resolver | None) -> None:
+    """Install a DNS resolver (or a fixed table) for every check; ``None`` restores the default."""
     global _resolver
+    if isinstance(resolver, Mapping):
+        resolver = _table_resolver(resolver)
     with _resolver_lock:
         _resolver = resolver if resolver is not None else _default_resolver
 

@@ -23,6 +23,7 @@ import pytest
 
 from tests.common.database import fresh_postgres
 from tests.common.ports import free_port
+from tests.common.servers import fixed_dns
 
 START_TIMEOUT = 60.0
 ALL_SCOPES = ("repo:read", "repo:write", "repo:admin", "repo:create", "user:read", "user:admin", "org:admin",
@@ -114,15 +115,15 @@ def live_server(tmp_path_factory) -> Iterator[LiveServer]:
 
 def _serve(url: str, tmp_path_factory) -> Iterator[LiveServer]:
     instance = tmp_path_factory.mktemp("e2e-instance")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUAYMIRROR_")}
+    env = fixed_dns({k: v for k, v in os.environ.items() if not k.startswith("QUAYMIRROR_")})
     env.update({
         "QUAYMIRROR_INSTANCE_PATH": str(instance),
         "QUAYMIRROR_DATABASE_URL": url,
         "QUAYMIRROR_SECRET_KEY": "e2e-secret-key",
         "QUAYMIRROR_SSRF_ALLOWED_HOSTS": "127.0.0.1",
         "QUAYMIRROR_API_WORKERS": "4",
-        # This server resolves names with the real DNS: the organization mirror stays off, so no fuzzed
-        # configuration can make verify connect anywhere (tests/orgmirror covers it behind a resolver table).
+        # The organization mirror stays off: its verify would connect to what a fuzzed configuration names
+        # (tests/orgmirror covers it behind a resolver table).
         "QUAYMIRROR_FEATURE_ORG_MIRROR": "false",
     })
     process = None

@@ -23,9 +23,22 @@ from tests.common.ports import free_port
 START_TIMEOUT = 60.0
 
 
+# The DNS of every quaymirror process a test starts: loopback names only (tests.common.fixed_dns).
+FIXED_DNS = {"localhost": ["127.0.0.1"]}
+
+
+def fixed_dns(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the process's DNS fixed to :data:`FIXED_DNS`: no test ever asks the real DNS."""
+    site = str(Path(__file__).resolve().parent / "fixed_dns")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+    env["TEST_FIXED_DNS"] = json.dumps(FIXED_DNS)
+    return env
+
+
 def quaymirror_env(instance: Path, **settings: object) -> dict[str, str]:
-    """The environment of a quaymirror process: ``database_url="..."`` becomes ``QUAYMIRROR_DATABASE_URL``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUAYMIRROR_")}
+    """The environment of a quaymirror process: ``database_url="..."`` becomes ``QUAYMIRROR_DATABASE_URL``;
+    its DNS is fixed (:func:`fixed_dns`)."""
+    env = fixed_dns({k: v for k, v in os.environ.items() if not k.startswith("QUAYMIRROR_")})
     env["QUAYMIRROR_INSTANCE_PATH"] = str(instance)
     for key, value in settings.items():
         env["QUAYMIRROR_" + key.upper()] = str(value)
