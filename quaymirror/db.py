@@ -6,9 +6,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ForeignKey, MetaData, create_engine, event, text
+from sqlalchemy import CursorResult, Executable, ForeignKey, MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, MappedColumn, Session, mapped_column, sessionmaker
 
@@ -38,6 +38,11 @@ def owned_by(table: str) -> MappedColumn[Any]:
     """A column naming the ``table`` row this row belongs to: deleted with it (``ON DELETE CASCADE``) and
     indexed, since every such row is looked up by its owner."""
     return mapped_column(ForeignKey(f"{table}.id", ondelete="CASCADE"), index=True)
+
+
+def rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE; how many rows it changed (the guarded writes decide by it)."""
+    return cast(CursorResult[Any], session.execute(statement)).rowcount
 
 
 def utcnow() -> datetime:

@@ -21,12 +21,11 @@ from __future__ import annotations
 import os
 import socket
 from datetime import datetime, timedelta
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from quaymirror.db import utcnow
+from quaymirror.db import rows_changed, utcnow
 from quaymirror.mirror.models import RepoMirrorWorker
 
 # A row is stale (not counted, and deleted by any beat) after this many heartbeat intervals without a beat.
@@ -51,14 +50,12 @@ def renew(session: Session, owner: str, interval: float) -> bool:
     False when our row is gone (never inserted, or deleted as stale): the caller registers again.
     """
     now = utcnow()
-    result = cast(CursorResult[Any], session.execute(
-        update(RepoMirrorWorker).where(RepoMirrorWorker.owner == owner)
-        .values(heartbeat=now, expires=_expires(now, interval))
-        .execution_options(synchronize_session=False)
-    ))
+    renewed = rows_changed(session, update(RepoMirrorWorker).where(RepoMirrorWorker.owner == owner)
+                           .values(heartbeat=now, expires=_expires(now, interval))
+                           .execution_options(synchronize_session=False))
     session.execute(delete(RepoMirrorWorker).where(RepoMirrorWorker.expires <= now, RepoMirrorWorker.owner != owner)
                     .execution_options(synchronize_session=False))
-    return result.rowcount == 1
+    return renewed == 1
 
 
 def remove(session: Session, owner: str) -> None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from quaymirror.db import utcnow
+from quaymirror.db import rows_changed, utcnow
 from quaymirror.mirror.models import (
     MirrorOwnedTag,
     MirrorSyncRun,
@@ -108,9 +107,8 @@ def trim(session: Session, repository_id: int, keep: int) -> int:
         return 0
     session.execute(delete(MirrorSyncTag).where(MirrorSyncTag.run_id.in_(ids))
                     .execution_options(synchronize_session=False))
-    result = cast(CursorResult[Any], session.execute(delete(MirrorSyncRun).where(MirrorSyncRun.id.in_(ids))
-                                                     .execution_options(synchronize_session=False)))
-    return result.rowcount
+    return rows_changed(session, delete(MirrorSyncRun).where(MirrorSyncRun.id.in_(ids))
+                        .execution_options(synchronize_session=False))
 
 
 def excerpt(text: str | None, limit: int = OUTPUT_EXCERPT) -> str | None:

@@ -22,7 +22,7 @@ import enum
 import json
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -42,6 +42,9 @@ from quaymirror.accounts.models import User
 from quaymirror.db import Base, owned_by, utcnow
 from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 from quaymirror.repositories.models import Repository
+
+if TYPE_CHECKING:
+    from quaymirror.security.secrets import SecretBox
 
 VALID_ARCHITECTURES = frozenset({"amd64", "arm64", "ppc64le", "s390x"})
 
@@ -114,9 +117,32 @@ def decode_registry_config(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def decode_architectures(text: str | None) -> list[str]:
+def decode_list(text: str | None) -> list[str]:
     value = json.loads(text or "[]")
     return value if isinstance(value, list) else []
+
+
+class UpstreamAccess:
+    """What every mirror configuration keeps of its upstream's access: the credentials, encrypted at rest
+    (:mod:`quaymirror.security.secrets`), and Quay's ``external_registry_config`` (proxy, TLS verification)
+    as JSON text. A mixin of the repository's and the organization's configuration tables."""
+
+    external_registry_username: Mapped[str | None] = mapped_column(String(4096))
+    external_registry_password: Mapped[str | None] = mapped_column(String(9000))
+    external_registry_config_json: Mapped[str] = mapped_column("external_registry_config", Text, default="{}")
+
+    @property
+    def external_registry_config(self) -> dict[str, Any]:
+        return decode_registry_config(self.external_registry_config_json)
+
+    @external_registry_config.setter
+    def external_registry_config(self, value: dict[str, Any]) -> None:
+        self.external_registry_config_json = json.dumps(value)
+
+    def store_credentials(self, box: SecretBox, username: str | None, password: str | None) -> None:
+        """The credentials of a new configuration, encrypted; an empty one is stored as NULL, as Quay does."""
+        self.external_registry_username = box.encrypt(username or None)
+        self.external_registry_password = box.encrypt(password or None)
 
 
 class RepoMirrorRule(Base):
@@ -139,7 +165,7 @@ class RepoMirrorRule(Base):
         self.rule_value_json = json.dumps(list(value))
 
 
-class RepoMirrorConfig(Base):
+class RepoMirrorConfig(UpstreamAccess, Base):
     __tablename__ = "repomirrorconfig"
     __table_args__ = (
         Index("ix_repomirrorconfig_expiration", "sync_expiration_date"),
@@ -151,10 +177,6 @@ class RepoMirrorConfig(Base):
     mirror_type: Mapped[int] = mapped_column(Integer, default=RepoMirrorType.PULL, index=True)
     internal_robot_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
     external_reference: Mapped[str] = mapped_column(Text)
-    # Encrypted at rest (quaymirror.security.secrets); never returned in clear except the username.
-    external_registry_username: Mapped[str | None] = mapped_column(String(4096))
-    external_registry_password: Mapped[str | None] = mapped_column(String(9000))
-    external_registry_config_json: Mapped[str] = mapped_column("external_registry_config", Text, default="{}")
     architecture_filter_json: Mapped[str | None] = mapped_column("architecture_filter", Text, default="[]")
     sync_interval: Mapped[int] = mapped_column(Integer, server_default="60")
     sync_start_date: Mapped[datetime | None] = mapped_column(DateTime)
@@ -175,16 +197,8 @@ class RepoMirrorConfig(Base):
     root_rule: Mapped[RepoMirrorRule] = relationship()
 
     @property
-    def external_registry_config(self) -> dict[str, Any]:
-        return decode_registry_config(self.external_registry_config_json)
-
-    @external_registry_config.setter
-    def external_registry_config(self, value: dict[str, Any]) -> None:
-        self.external_registry_config_json = json.dumps(value)
-
-    @property
     def architecture_filter(self) -> list[str]:
-        return decode_architectures(self.architecture_filter_json)
+        return decode_list(self.architecture_filter_json)
 
     @architecture_filter.setter
     def architecture_filter(self, value: list[str] | None) -> None:
@@ -280,7 +294,7 @@ class MirrorSyncTag(Base):
 
     @property
     def platforms(self) -> list[str] | None:
-        return None if self.platforms_json is None else decode_architectures(self.platforms_json)
+        return None if self.platforms_json is None else decode_list(self.platforms_json)
     finished: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 

@@ -37,7 +37,7 @@ from quaymirror.mirror.models import (
     RepoMirrorRuleType,
     RepoMirrorStatus,
     RepoMirrorType,
-    decode_architectures,
+    decode_list,
     decode_registry_config,
     decode_rule_value,
     new_uuid,
@@ -144,7 +144,7 @@ def describe_values(*, full_name: str, box: SecretBox, is_enabled: bool, mirror_
         "root_rule": {"rule_kind": RULE_KIND, "rule_value": decode_rule_value(rule_value_json)},
         "robot_username": robot_username,
         "skopeo_timeout_interval": skopeo_timeout,
-        "architecture_filter": decode_architectures(architecture_filter_json),
+        "architecture_filter": decode_list(architecture_filter_json),
     }
 
 
@@ -234,9 +234,6 @@ def create(session: Session, repository: Repository, data: dict[str, Any], *, bo
         mirror_type=RepoMirrorType.PULL,
         internal_robot_id=robot.id,
         external_reference=data["external_reference"],
-        # Quay stores an empty credential as NULL on create.
-        external_registry_username=box.encrypt(data["external_registry_username"] or None),
-        external_registry_password=box.encrypt(data["external_registry_password"] or None),
         sync_interval=data["sync_interval"],
         sync_start_date=start,
         sync_expiration_date=None,
@@ -246,6 +243,7 @@ def create(session: Session, repository: Repository, data: dict[str, Any], *, bo
         root_rule_id=rule.id,
         skopeo_timeout=data["skopeo_timeout_interval"],
     )
+    config.store_credentials(box, data["external_registry_username"], data["external_registry_password"])
     config.external_registry_config = data["external_registry_config"]
     config.architecture_filter = data["architecture_filter"]
     session.add(config)

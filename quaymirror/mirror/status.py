@@ -13,12 +13,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     ColumnElement,
-    CursorResult,
-    Executable,
     and_,
     func,
     literal_column,
@@ -28,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from quaymirror.db import utcnow
+from quaymirror.db import rows_changed, utcnow
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus, new_uuid
 from quaymirror.mirror.worker import policy
 
@@ -36,15 +34,10 @@ from quaymirror.mirror.worker import policy
 When = datetime | ColumnElement[datetime]
 
 
-def _changed(session: Session, statement: Executable) -> int:
-    """Run an UPDATE; how many rows it changed."""
-    return cast(CursorResult[Any], session.execute(statement)).rowcount
-
-
 def request_sync_now(session: Session, config: RepoMirrorConfig) -> bool:
     """Quay's sync-now: from any state but a live SYNCING (an expired lease may be re-queued)."""
     now = utcnow()
-    return _changed(session, update(RepoMirrorConfig).where(
+    return rows_changed(session, update(RepoMirrorConfig).where(
         RepoMirrorConfig.id == config.id,
         RepoMirrorConfig.sync_transaction_id == config.sync_transaction_id,
         or_(RepoMirrorConfig.sync_status != RepoMirrorStatus.SYNCING,
@@ -62,7 +55,7 @@ def request_sync_now(session: Session, config: RepoMirrorConfig) -> bool:
 
 def cancel(session: Session, config: RepoMirrorConfig) -> bool:
     """Quay's sync-cancel: forced (no version check) from SYNCING or SYNC_NOW; no retries left."""
-    return _changed(session, update(RepoMirrorConfig).where(
+    return rows_changed(session, update(RepoMirrorConfig).where(
         RepoMirrorConfig.id == config.id,
         RepoMirrorConfig.sync_status.in_([RepoMirrorStatus.SYNCING, RepoMirrorStatus.SYNC_NOW]),
     ).values(
@@ -134,7 +127,7 @@ def claim(session: Session, config_id: int, transaction_id: str | None, owner: s
     now = utcnow()
     token = new_uuid()
     expires = now + timedelta(seconds=lease_seconds)
-    changed = _changed(session, update(RepoMirrorConfig).where(
+    changed = rows_changed(session, update(RepoMirrorConfig).where(
         RepoMirrorConfig.id == config_id,
         RepoMirrorConfig.sync_transaction_id == transaction_id,
         eligible_clause(now),
@@ -151,7 +144,7 @@ def claim(session: Session, config_id: int, transaction_id: str | None, owner: s
 def renew(session: Session, lease: Lease, lease_seconds: float) -> Lease | None:
     """Extend a lease still held; None when it was lost (cancelled, or reclaimed after expiry)."""
     expires = utcnow() + timedelta(seconds=lease_seconds)
-    changed = _changed(session, update(RepoMirrorConfig).where(
+    changed = rows_changed(session, update(RepoMirrorConfig).where(
         RepoMirrorConfig.id == lease.config_id,
         RepoMirrorConfig.lease_token == lease.token,
         RepoMirrorConfig.sync_status == RepoMirrorStatus.SYNCING,
@@ -201,7 +194,7 @@ def release(session: Session, lease: Lease, outcome: RepoMirrorStatus) -> RepoMi
         values.update(sync_retries_remaining=after.retries_remaining)
         if after.reschedule:
             values.update(sync_start_date=policy.next_start(row.sync_start_date, row.sync_interval, utcnow()))
-    changed = _changed(session, update(RepoMirrorConfig).where(
+    changed = rows_changed(session, update(RepoMirrorConfig).where(
         RepoMirrorConfig.id == lease.config_id, RepoMirrorConfig.lease_token == lease.token,
     ).values(sync_status=written, **values).execution_options(synchronize_session=False))
     return written if changed == 1 else None
@@ -215,7 +208,7 @@ def abandon(session: Session, lease: Lease) -> bool:
     kept (at least one, as sync-now does); the schedule is untouched.
     """
     at_least = func.max if _is_sqlite(session) else func.greatest
-    return _changed(session, update(RepoMirrorConfig).where(
+    return rows_changed(session, update(RepoMirrorConfig).where(
         RepoMirrorConfig.id == lease.config_id,
         RepoMirrorConfig.lease_token == lease.token,
         RepoMirrorConfig.sync_status == RepoMirrorStatus.SYNCING,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import json
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -28,19 +27,12 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from quaymirror.accounts.models import User
 from quaymirror.db import Base, utcnow
-from quaymirror.mirror.models import RepoMirrorType, decode_architectures, decode_registry_config, new_uuid
+from quaymirror.mirror.models import RepoMirrorStatus, RepoMirrorType, UpstreamAccess, decode_list, new_uuid
 from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 
-
-class OrgMirrorStatus(enum.IntEnum):
-    """A configuration's status: the discovery's (Quay's values)."""
-
-    CANCEL = -2
-    FAIL = -1
-    NEVER_RUN = 0
-    SUCCESS = 1
-    SYNCING = 2
-    SYNC_NOW = 3
+# A configuration's status (its discovery's): Quay's OrgMirrorStatus has the repository mirror's values and
+# transitions (never run, sync now, syncing, success, fail, cancel), so it is that enumeration.
+OrgMirrorStatus = RepoMirrorStatus
 
 
 class OrgMirrorRepoStatus(enum.IntEnum):
@@ -68,7 +60,7 @@ class SourceRegistryType(enum.IntEnum):
 SOURCE_TYPES = tuple(kind.name.lower() for kind in SourceRegistryType)
 
 
-class OrgMirrorConfig(Base):
+class OrgMirrorConfig(UpstreamAccess, Base):
     __tablename__ = "orgmirrorconfig"
 
     organization_id: Mapped[int] = mapped_column(ForeignKey("user.id", ondelete="CASCADE"), unique=True)
@@ -78,10 +70,6 @@ class OrgMirrorConfig(Base):
     external_registry_type: Mapped[int] = mapped_column(Integer)
     external_registry_url: Mapped[str] = mapped_column(String(2048))
     external_namespace: Mapped[str] = mapped_column(String(255))
-    # Encrypted at rest (quaymirror.security.secrets), as the repository mirror's; the password never leaves.
-    external_registry_username: Mapped[str | None] = mapped_column(String(4096))
-    external_registry_password: Mapped[str | None] = mapped_column(String(9000))
-    external_registry_config_json: Mapped[str] = mapped_column("external_registry_config", Text, default="{}")
     internal_robot_id: Mapped[int] = mapped_column(ForeignKey("user.id"), index=True)
     repository_filters_json: Mapped[str] = mapped_column("repository_filters", Text, default="[]")
     architecture_filter_json: Mapped[str] = mapped_column("architecture_filter", Text, default="[]")
@@ -100,16 +88,8 @@ class OrgMirrorConfig(Base):
     internal_robot: Mapped[User] = relationship(foreign_keys=[internal_robot_id])
 
     @property
-    def external_registry_config(self) -> dict[str, Any]:
-        return decode_registry_config(self.external_registry_config_json)
-
-    @external_registry_config.setter
-    def external_registry_config(self, value: dict[str, Any]) -> None:
-        self.external_registry_config_json = json.dumps(value)
-
-    @property
     def repository_filters(self) -> list[str]:
-        return decode_architectures(self.repository_filters_json)
+        return decode_list(self.repository_filters_json)
 
     @repository_filters.setter
     def repository_filters(self, value: list[str]) -> None:

@@ -122,16 +122,10 @@ class CreateOrgMirrorConfig(UpdateOrgMirrorConfig):
                                    validate=_between(MIN_SKOPEO_TIMEOUT, MAX_SKOPEO_TIMEOUT))
 
 
-class RepoSyncStatusCountsView(View):
-    """How many discovered repositories are in each status: all seven, in Quay's order, zeros included."""
-
-    CANCEL = fields.Integer(required=True)
-    FAIL = fields.Integer(required=True)
-    NEVER_RUN = fields.Integer(required=True)
-    SUCCESS = fields.Integer(required=True)
-    SYNCING = fields.Integer(required=True)
-    SYNC_NOW = fields.Integer(required=True)
-    SKIP = fields.Integer(required=True)
+# How many discovered repositories are in each status: every status of the enumeration, in its (Quay's)
+# order, zeros included.
+RepoSyncStatusCountsView = View.from_dict(
+    {status.name: fields.Integer(required=True) for status in OrgMirrorRepoStatus}, name="RepoSyncStatusCountsView")
 
 
 class OrgMirrorConfigView(View):

@@ -223,9 +223,6 @@ def create(session: Session, organization: User, data: dict[str, Any], *, box: S
         external_registry_type=kind,
         external_registry_url=data["external_registry_url"],
         external_namespace=data["external_namespace"],
-        # Quay stores an empty credential as NULL.
-        external_registry_username=box.encrypt(data["external_registry_username"] or None),
-        external_registry_password=box.encrypt(data["external_registry_password"] or None),
         internal_robot_id=robot.id,
         visibility=data["visibility"],
         sync_interval=data["sync_interval"],
@@ -235,6 +232,7 @@ def create(session: Session, organization: User, data: dict[str, Any], *, box: S
         sync_status=OrgMirrorStatus.NEVER_RUN,
         skopeo_timeout=data["skopeo_timeout"],
     )
+    config.store_credentials(box, data["external_registry_username"], data["external_registry_password"])
     config.external_registry_config = data["external_registry_config"]
     config.repository_filters = data["repository_filters"]
     session.add(config)

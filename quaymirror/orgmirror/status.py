@@ -4,12 +4,10 @@ and (later) the worker never overwrite each other's change: a status change of t
 
 from __future__ import annotations
 
-from typing import Any, cast
-
-from sqlalchemy import CursorResult, Executable, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from quaymirror.db import utcnow
+from quaymirror.db import rows_changed, utcnow
 from quaymirror.mirror.models import new_uuid
 from quaymirror.orgmirror.models import OrgMirrorConfig, OrgMirrorStatus
 
@@ -18,16 +16,12 @@ ON_DEMAND_RETRIES = 1
 CANCELLED_RETRIES = 0
 
 
-def _changed(session: Session, statement: Executable) -> int:
-    return cast(CursorResult[Any], session.execute(statement)).rowcount
-
-
 def request_sync_now(session: Session, config: OrgMirrorConfig) -> bool:
     """Quay's sync-now: a discovery now, unless one runs or the row changed since it was read (False).
 
     Also from CANCEL: a pending cancel is replaced by the new sync, as in Quay.
     """
-    return _changed(session, update(OrgMirrorConfig).where(
+    return rows_changed(session, update(OrgMirrorConfig).where(
         OrgMirrorConfig.id == config.id,
         OrgMirrorConfig.sync_transaction_id == config.sync_transaction_id,
         OrgMirrorConfig.sync_status != OrgMirrorStatus.SYNCING,
@@ -43,7 +37,7 @@ def request_sync_now(session: Session, config: OrgMirrorConfig) -> bool:
 def cancel(session: Session, config: OrgMirrorConfig) -> bool:
     """Quay's sync-cancel: forced from every status but CANCEL (False then). ``sync_expiration_date`` set to
     now marks the cancel as pending for the worker; the next scheduled start is kept."""
-    return _changed(session, update(OrgMirrorConfig).where(
+    return rows_changed(session, update(OrgMirrorConfig).where(
         OrgMirrorConfig.id == config.id,
         OrgMirrorConfig.sync_status != OrgMirrorStatus.CANCEL,
     ).values(

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
 from sqlalchemy import delete as sql_delete
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from quaymirror import audit
 from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import User
+from quaymirror.db import rows_changed
 from quaymirror.errors import InvalidRequest, NotFound, detail_error
 from quaymirror.mirror.models import RepoMirrorConfig
 from quaymirror.orgmirror import guard
@@ -158,13 +158,12 @@ def set_permission(session: Session, repository: Repository, user: User, role: s
     # One conditional UPDATE, then an INSERT when it matched no row: a DELETE of the same permission
     # committed between a read and an ORM update would make that update fail (StaleDataError). Two
     # concurrent INSERTs still collide on the unique constraint: the app answers that as a conflict.
-    changed = cast(CursorResult[Any], session.execute(  # an UPDATE's result: it has a rowcount
-        update(RepositoryPermission)
-        .where(RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id)
-        .values(role=role)
-        .execution_options(synchronize_session="fetch")
-    ))
-    if changed.rowcount == 0:
+    changed = rows_changed(session, update(RepositoryPermission)
+                           .where(RepositoryPermission.repository_id == repository.id,
+                                  RepositoryPermission.user_id == user.id)
+                           .values(role=role)
+                           .execution_options(synchronize_session="fetch"))
+    if changed == 0:
         session.add(RepositoryPermission(repository_id=repository.id, user_id=user.id, role=role))
     audit.record(session, "change_repo_permission", repository_id=repository.id,
                  performer_id=performer.id if performer else None,
@@ -186,12 +185,11 @@ def ensure_at_least(session: Session, repository: Repository, user: User, role: 
 def remove_permission(session: Session, repository: Repository, user: User) -> None:
     # One conditional DELETE: a concurrent DELETE of the same permission makes this one a 404, not an
     # ORM delete of a row that is already gone (StaleDataError).
-    removed = cast(CursorResult[Any], session.execute(  # a DELETE's result: it has a rowcount
-        sql_delete(RepositoryPermission)
-        .where(RepositoryPermission.repository_id == repository.id, RepositoryPermission.user_id == user.id)
-        .execution_options(synchronize_session="fetch")
-    ))
-    if removed.rowcount == 0:
+    removed = rows_changed(session, sql_delete(RepositoryPermission)
+                           .where(RepositoryPermission.repository_id == repository.id,
+                                  RepositoryPermission.user_id == user.id)
+                           .execution_options(synchronize_session="fetch"))
+    if removed == 0:
         raise NotFound()
 
 
