@@ -12,6 +12,12 @@ Quay's (same names, types and labels):
 * ``quay_repository_mirror_sync_duration_seconds{namespace}`` (histogram; Quay's buckets plus shorter ones);
 * ``quay_repository_mirror_workers_active`` (gauge): 1 while a worker runs in this process.
 
+Quay's organization mirror's (``quay_org_mirror_*``): ``configs_pending_discovery`` (gauge: due configurations
+a pass read), ``discovery_total{status}`` (counter: success / fail / cancel), ``discovery_duration_seconds``
+(histogram), ``repos_discovered`` (gauge: what the last discovery kept), ``repos_created_total`` (counter: new
+discovered rows, as Quay counts them), ``repo_sync_total{status}`` and ``repo_sync_duration_seconds`` (an
+organization-mirrored repository's runs, which also count in the repository mirror's metrics).
+
 Ours: ``quaymirror_mirror_pickup_seconds`` (wake-up to claim), ``quaymirror_mirror_tags_total{namespace,
 outcome}`` (a ``TagOutcome``: copied / skipped / failed / deleted / kept / cancelled), ``quaymirror_mirror_bytes_copied_total{namespace}``,
 ``quaymirror_read_cache_lookups_total{outcome}`` (hit / miss: GET /mirror's read cache).
@@ -56,6 +62,18 @@ LAST_SYNC_TIMESTAMP = Gauge("quay_repository_mirror_last_sync_timestamp", "Unix 
 SYNC_DURATION = Histogram("quay_repository_mirror_sync_duration_seconds", "Duration of sync runs", ["namespace"],
                           buckets=(1, 5, 15, 60, 300, 900, 3600, float("inf")))
 WORKERS_ACTIVE = Gauge("quay_repository_mirror_workers_active", "1 while a mirror worker runs in this process")
+
+ORG_CONFIGS_PENDING = Gauge("quay_org_mirror_configs_pending_discovery",
+                            "Organization mirrors due for a discovery at the last pass")
+ORG_DISCOVERIES = Counter("quay_org_mirror_discovery", "Organization mirror discoveries", ["status"])
+ORG_DISCOVERY_SECONDS = Histogram("quay_org_mirror_discovery_duration_seconds", "Duration of discoveries",
+                                  buckets=(0.1, 0.5, 1, 5, 15, 60, 300, float("inf")))
+ORG_REPOS_DISCOVERED = Gauge("quay_org_mirror_repos_discovered", "Repositories the last discovery kept")
+ORG_REPOS_CREATED = Counter("quay_org_mirror_repos_created", "Repositories discovered for the first time")
+ORG_REPO_SYNCS = Counter("quay_org_mirror_repo_sync", "Sync runs of organization-mirrored repositories", ["status"])
+ORG_REPO_SYNC_SECONDS = Histogram("quay_org_mirror_repo_sync_duration_seconds",
+                                  "Duration of organization-mirrored repositories' sync runs",
+                                  buckets=(1, 5, 15, 60, 300, 900, 3600, float("inf")))
 
 PICKUP = Histogram("quaymirror_mirror_pickup_seconds", "From a sync-now wake-up to the claim of the mirror",
                    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf")))

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "quaymirror_mirror"
 
-Listener = Callable[[int], None]
+# Called with the configuration that wants a sync, or None: look for due work (an organization's discovery).
+Listener = Callable[[int | None], None]
 _listeners: list[Listener] = []
 _lock = threading.Lock()
 
@@ -43,7 +44,7 @@ def unsubscribe(listener: Listener) -> None:
             _listeners.remove(listener)
 
 
-def _call_listeners(config_ids: list[int]) -> None:
+def _call_listeners(config_ids: list[int | None]) -> None:
     with _lock:
         listeners = list(_listeners)
     for config_id in config_ids:
@@ -54,10 +55,12 @@ def _call_listeners(config_ids: list[int]) -> None:
                 log.exception("sync-now listener failed")
 
 
-def sync_requested(session: Session, config_id: int) -> None:
-    """Announce that ``config_id`` wants a sync, once the current transaction commits."""
+def sync_requested(session: Session, config_id: int | None) -> None:
+    """Announce that ``config_id`` wants a sync (None: that work is due, e.g. a discovery), once the current
+    transaction commits."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": str(config_id)})
+        payload = "" if config_id is None else str(config_id)
+        session.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
     pending = session.info.setdefault("quaymirror.sync_requested", [])
     pending.append(config_id)
 

@@ -25,9 +25,10 @@ from quaymirror.openapi import AllOf, Operation
 
 
 def _config(namespace: str, repository: str) -> RepoMirrorConfig:
-    """The repository's current mirror configuration, checked as GET /mirror checks it (401/403, then 404)."""
+    """The repository's current mirror configuration, checked as GET /mirror checks it (401/403, then 404); an
+    organization-mirrored repository's too (the organization mirror syncs it with one of its own)."""
     repo = web.authorize_repo(namespace, repository, "admin", public_read=False).require()
-    return mirrors.require(web.session(), repo)
+    return mirrors.require(web.session(), repo, managed=True)
 
 
 class MirrorSyncs(Resource):

@@ -191,6 +191,11 @@ class RepoMirrorConfig(UpstreamAccess, Base):
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     root_rule_id: Mapped[int] = mapped_column(ForeignKey("repomirrorrule.id"), index=True)
     skopeo_timeout: Mapped[int] = mapped_column(BigInteger, server_default="300")
+    # Set on the configuration an organization mirror keeps for one discovered repository: its upstream and
+    # credentials are the organization mirror's (read at each run's start), the repository mirror API does not
+    # show it, and it goes with the discovered row.
+    org_mirror_repository_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orgmirrorrepository.id", ondelete="CASCADE"), unique=True)
 
     repository: Mapped[Repository] = relationship()
     internal_robot: Mapped[User] = relationship()

@@ -79,16 +79,24 @@ class Actor:
     ip: str | None = None
 
 
-def find(session: Session, repository: Repository, *, lock: bool = False) -> RepoMirrorConfig | None:
-    """The repository's configuration; ``lock`` takes a row lock (PostgreSQL) for a read-modify-write."""
+def find(session: Session, repository: Repository, *, lock: bool = False,
+         managed: bool = False) -> RepoMirrorConfig | None:
+    """The repository's configuration; ``lock`` takes a row lock (PostgreSQL) for a read-modify-write.
+
+    The configuration an organization mirror keeps for one of its repositories is found only with
+    ``managed`` (its history): for the repository mirror API such a repository has no mirror, as in Quay.
+    """
     query = select(RepoMirrorConfig).where(RepoMirrorConfig.repository_id == repository.id)
+    if not managed:
+        query = query.where(RepoMirrorConfig.org_mirror_repository_id.is_(None))
     if lock:
         query = query.with_for_update()
     return session.scalars(query).first()
 
 
-def require(session: Session, repository: Repository, *, lock: bool = False) -> RepoMirrorConfig:
-    config = find(session, repository, lock=lock)
+def require(session: Session, repository: Repository, *, lock: bool = False,
+            managed: bool = False) -> RepoMirrorConfig:
+    config = find(session, repository, lock=lock, managed=managed)
     if config is None:
         raise NotFound()
     return config

@@ -66,6 +66,43 @@ def cancel(session: Session, config: RepoMirrorConfig) -> bool:
     ).execution_options(synchronize_session=False)) == 1
 
 
+def schedule_many(session: Session, condition: ColumnElement[bool], statuses: Collection[RepoMirrorStatus] | None,
+                  now: datetime) -> int:
+    """A sync now for every configuration matching ``condition`` (and in ``statuses``, when given) that is not
+    running: an organization mirror's discovery scheduling its repositories. Quay's rule for those: the start
+    becomes now (the schedule's grid starts there) and the retries are full."""
+    conditions = [condition, RepoMirrorConfig.sync_status != RepoMirrorStatus.SYNCING]
+    if statuses is not None:
+        conditions.append(RepoMirrorConfig.sync_status.in_(list(statuses)))
+    return rows_changed(session, update(RepoMirrorConfig).where(*conditions).values(
+        sync_status=RepoMirrorStatus.SYNC_NOW, sync_start_date=now, sync_expiration_date=None,
+        lease_token=None, lease_owner=None, sync_retries_remaining=policy.MAX_SYNC_RETRIES,
+        sync_transaction_id=new_uuid(),
+    ).execution_options(synchronize_session=False))
+
+
+def cancel_many(session: Session, condition: ColumnElement[bool]) -> int:
+    """:func:`cancel` for every configuration matching ``condition``: running ones are stopped by their
+    worker's keeper (within its tick), queued ones are not taken."""
+    return rows_changed(session, update(RepoMirrorConfig).where(
+        condition, RepoMirrorConfig.sync_status.in_([RepoMirrorStatus.SYNCING, RepoMirrorStatus.SYNC_NOW]),
+    ).values(
+        sync_status=RepoMirrorStatus.CANCEL, sync_expiration_date=None,
+        sync_retries_remaining=policy.CANCELLED_RETRIES, sync_transaction_id=new_uuid(),
+    ).execution_options(synchronize_session=False))
+
+
+def reset_many(session: Session, condition: ColumnElement[bool]) -> int:
+    """Never run again, unscheduled, for every configuration matching ``condition`` that is not running: a
+    repository an organization mirror had set aside (SKIP) and finds again."""
+    return rows_changed(session, update(RepoMirrorConfig).where(
+        condition, RepoMirrorConfig.sync_status != RepoMirrorStatus.SYNCING,
+    ).values(
+        sync_status=RepoMirrorStatus.NEVER_RUN, sync_start_date=None, sync_expiration_date=None,
+        sync_retries_remaining=policy.MAX_SYNC_RETRIES, sync_transaction_id=new_uuid(),
+    ).execution_options(synchronize_session=False))
+
+
 # Quay's second filter, "ready": every status but SYNCING and SYNC_NOW.
 READY_STATUSES = (RepoMirrorStatus.CANCEL, RepoMirrorStatus.FAIL, RepoMirrorStatus.NEVER_RUN,
                   RepoMirrorStatus.SUCCESS)

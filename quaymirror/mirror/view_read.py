@@ -21,6 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import NamedTuple
 
+from sqlalchemy import and_
 from sqlalchemy.orm import aliased
 
 from quaymirror import web
@@ -95,7 +96,9 @@ VIEW = Prepared(
             OrganizationMember.role.label("org_role"), RepositoryPermission.role.label("permission_role"),
         ),
     )
-    .outerjoin(RepoMirrorConfig, RepoMirrorConfig.repository_id == Repository.id)
+    # An organization mirror's own configuration of the repository is not a repository mirror (service.find).
+    .outerjoin(RepoMirrorConfig, and_(RepoMirrorConfig.repository_id == Repository.id,
+                                      RepoMirrorConfig.org_mirror_repository_id.is_(None)))
     .outerjoin(RepoMirrorRule, RepoMirrorRule.id == RepoMirrorConfig.root_rule_id)
     .outerjoin(_ROBOT, _ROBOT.id == RepoMirrorConfig.internal_robot_id),
     MirrorViewRow,

@@ -85,7 +85,12 @@ class OrgMirrorConfig(UpstreamAccess, Base):
     sync_transaction_id: Mapped[str | None] = mapped_column(String(36), default=new_uuid)
     skopeo_timeout: Mapped[int] = mapped_column(BigInteger, default=300)
 
+    organization: Mapped[User] = relationship(foreign_keys=[organization_id])
     internal_robot: Mapped[User] = relationship(foreign_keys=[internal_robot_id])
+
+    @property
+    def architecture_filter(self) -> list[str]:
+        return decode_list(self.architecture_filter_json)
 
     @property
     def repository_filters(self) -> list[str]:

@@ -25,9 +25,10 @@ from quaymirror.accounts import service as accounts
 from quaymirror.accounts.models import User
 from quaymirror.dates import parse_date
 from quaymirror.errors import InvalidRequest, NotFound
+from quaymirror.mirror import events
 from quaymirror.mirror.service import UNDECRYPTABLE, Actor
 from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
-from quaymirror.orgmirror import status
+from quaymirror.orgmirror import repo_sync, status
 from quaymirror.orgmirror.models import (
     OrgMirrorConfig,
     OrgMirrorRepository,
@@ -274,6 +275,7 @@ def update(session: Session, organization: User, data: dict[str, Any], sent: lis
     if "repository_filters" in data:
         config.repository_filters = data["repository_filters"]
     session.flush()
+    repo_sync.follow_config(session, config)
     _audit(session, CHANGED, organization, actor, updated_fields=sent, old_external_reference=old_reference,
            external_reference=config.external_reference)
 
@@ -320,6 +322,7 @@ def sync_now(session: Session, organization: User, *, actor: Actor) -> None:
         raise InvalidRequest(MSG_REPOS_ACTIVE)
     if not status.request_sync_now(session, config):
         raise InvalidRequest(MSG_CONFLICT)
+    events.sync_requested(session, None)  # a discovery is due: wake the workers once this commits
     _audit(session, SYNC_NOW_REQUESTED, organization, actor, external_reference=config.external_reference)
 
 
@@ -327,6 +330,10 @@ def sync_cancel(session: Session, organization: User, *, actor: Actor) -> None:
     config = require(session, organization)
     if not status.cancel(session, config):
         raise InvalidRequest(MSG_ALREADY_CANCELLED)
+    # Unlike Quay, which waits for its next discovery pass and then for the end of the tag being copied, the
+    # repositories are cancelled now: queued ones are not taken, running copies stop within the keeper's tick.
+    repo_sync.cancel(session, config.id)
+    events.sync_requested(session, None)  # the discovery that completes the cancel is due
     _audit(session, SYNC_CANCELLED, organization, actor, external_reference=config.external_reference)
 
 

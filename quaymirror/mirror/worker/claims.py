@@ -30,6 +30,8 @@ class Candidate:
     transaction_id: str | None
     sync_status: int
     repository_id: int  # never changes for a config
+    # The organization mirror's discovered row this configuration syncs (None: a repository mirror).
+    org_repository_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,11 @@ class Claimed:
     repository_id: int
     run_id: int
     trigger: RunTrigger
+    org_repository_id: int | None = None
 
 
-def _build_due_query() -> Select[int, str | None, int, int]:
-    """Due mirrors of repositories in state MIRROR, sync-now first, then by due time.
+def _build_due_query() -> Select[int, str | None, int, int, int | None]:
+    """Due mirrors of repositories in state MIRROR (ORG_MIRROR: an organization mirror's), sync-now first, then by due time.
 
     (Quay orders its candidates by id, so the oldest-due mirrors wait behind the others; here
     they come first.) One statement: a UNION ALL of one branch per way of being due (Quay's
@@ -62,11 +65,12 @@ def _build_due_query() -> Select[int, str | None, int, int]:
     # A correlated look-up per candidate (primary key), not a join: a join lets the planner scan
     # every repository (100k rows: ~100 ms), while only the few due configs need their repository's state.
     state = select(Repository.state).where(Repository.id == RepoMirrorConfig.repository_id).scalar_subquery()
-    mirrored = state == int(RepositoryState.MIRROR)
+    mirrored = state.in_([int(RepositoryState.MIRROR), int(RepositoryState.ORG_MIRROR)])
 
     def branch(rank: int, condition, order):
         return select(RepoMirrorConfig.id, RepoMirrorConfig.sync_transaction_id, RepoMirrorConfig.sync_status,
-                      RepoMirrorConfig.repository_id, literal_column(str(rank)).label("rank"),
+                      RepoMirrorConfig.repository_id, RepoMirrorConfig.org_mirror_repository_id,
+                      literal_column(str(rank)).label("rank"),
                       due_time.label("due_time")) \
             .where(condition, mirrored).order_by(order, RepoMirrorConfig.id).limit(limit).subquery()
 
@@ -77,7 +81,8 @@ def _build_due_query() -> Select[int, str | None, int, int]:
     branches.append(branch(1, status.expired_clause(now), due_time))
     found = union_all(*(select(b) for b in branches)).subquery("due")
     return (
-        select(found.c.id, found.c.sync_transaction_id, found.c.sync_status, found.c.repository_id)
+        select(found.c.id, found.c.sync_transaction_id, found.c.sync_status, found.c.repository_id,
+               found.c.org_mirror_repository_id)
         .order_by(found.c.rank, found.c.due_time, found.c.id)
         .limit(limit)
     )
@@ -110,8 +115,7 @@ NEXT_DUE_TIME = _build_next_due_query()
 
 def due(session: Session, now: datetime, limit: int) -> list[Candidate]:
     rows = session.execute(DUE_MIRRORS, {"now": now, "limit": limit})
-    return [Candidate(config_id, transaction_id, sync_status, repository_id)
-            for config_id, transaction_id, sync_status, repository_id in rows]
+    return [Candidate(*row) for row in rows]
 
 
 def next_due(session: Session, now: datetime) -> datetime | None:
@@ -149,4 +153,4 @@ def _open_run(session: Session, candidate: Candidate, lease: status.Lease, owner
         trigger = RunTrigger.SCHEDULE
     run = history.start_run(session, repository_id=candidate.repository_id, config_id=candidate.config_id,
                             trigger=trigger, worker=owner, lease_token=lease.token)
-    return Claimed(lease, candidate.config_id, candidate.repository_id, run.id, trigger)
+    return Claimed(lease, candidate.config_id, candidate.repository_id, run.id, trigger, candidate.org_repository_id)

@@ -28,15 +28,15 @@ class QuayAuditLog(RunListener):
     """Writes Quay's audit entries of a run."""
 
     def run_started(self, session: Session, run: RecordedRun) -> None:
-        _write(session, run, "repo_mirror_sync_started", verb="start", message=run.mirror.pattern_message)
+        write_entry(session, run, "repo_mirror_sync_started", verb="start", message=run.mirror.pattern_message)
 
     def tag_recorded(self, session: Session, run: RecordedRun, result: TagResult) -> None:
         source = f"Source 'docker://{run.mirror.reference}:{result.tag}'"
         if result.outcome == TagOutcome.COPIED and result.digest:
-            _write(session, run, "repo_mirror_sync_tag_success", verb="finish", tag=result.tag,
+            write_entry(session, run, "repo_mirror_sync_tag_success", verb="finish", tag=result.tag,
                    message=f"{source} successful sync", stdout=result.stdout, stderr=result.stderr)
         elif result.outcome == TagOutcome.FAILED:
-            _write(session, run, "repo_mirror_sync_tag_failed", verb="finish", tag=result.tag,
+            write_entry(session, run, "repo_mirror_sync_tag_failed", verb="finish", tag=result.tag,
                    message=f"{source} failed to sync", stdout=result.stdout,
                    stderr=result.stderr or result.message, reason=result.reason)
 
@@ -44,13 +44,13 @@ class QuayAuditLog(RunListener):
         names = list(outcome.matched or [])
         pattern = run.mirror.pattern_message
         if outcome.status == RunStatus.SUCCESS:
-            _write(session, run, "repo_mirror_sync_success", verb="end", message=pattern,
+            write_entry(session, run, "repo_mirror_sync_success", verb="end", message=pattern,
                    tags=", ".join(names) if names else "No tags matched")
         elif outcome.status == RunStatus.CANCEL:
-            _write(session, run, "repo_mirror_sync_failed", verb="cancelled", message=pattern,
+            write_entry(session, run, "repo_mirror_sync_failed", verb="cancelled", message=pattern,
                    tags=", ".join(names), reason=reasons.CANCELLED)
         elif outcome.status == RunStatus.FAIL:
-            _write(session, run, "repo_mirror_sync_failed", verb="end", **_failure(pattern, outcome, names),
+            write_entry(session, run, "repo_mirror_sync_failed", verb="end", **_failure(pattern, outcome, names),
                    stdout=outcome.stdout, stderr=outcome.stderr, reason=outcome.reason)
 
 
@@ -67,7 +67,7 @@ def _failure(pattern: str, outcome: RunOutcome, names: list[str]) -> dict[str, s
     return {"message": pattern + suffix, "tags": ", ".join(f"{t} (FAILED)" if t in failed else t for t in names)}
 
 
-def _write(session: Session, run: RecordedRun, kind: str, **metadata: Any) -> None:
+def write_entry(session: Session, run: RecordedRun, kind: str, **metadata: Any) -> None:
     """One entry, with Quay's metadata keys (each present, None when it does not apply)."""
     values: dict[str, Any] = {"verb": None, "namespace": run.mirror.namespace, "repo": run.mirror.name,
                               "message": None, "tag": None, "tags": None, "stdout": None, "stderr": None}

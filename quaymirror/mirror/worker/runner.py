@@ -13,6 +13,12 @@
   (``policy.LeasePolicy``). It also
   beats the worker's heartbeat row every ``QUAYMIRROR_HEARTBEAT_SECONDS``
   (``quaymirror.mirror.heartbeat``), which the mirror health counts.
+* **Discovery** of organization mirrors (``quaymirror.orgmirror.worker``, when
+  ``QUAYMIRROR_FEATURE_ORG_MIRROR`` is on): every scheduled pass starts one in a thread
+  of its own unless one is still going, so a slow upstream never delays the
+  repository mirrors' claims; a discovery that queued repositories wakes the
+  pass, which claims them like any mirror (with the organization mirror's
+  source and audit listener, ``quaymirror.orgmirror.repo_sync``).
 * **Shutdown** (SIGTERM of ``quaymirror worker``, or the API process exiting)
   kills every skopeo process and gives the claims back as SYNC_NOW with no
   lease, announced with NOTIFY, so another worker takes them at once; then it
@@ -45,6 +51,8 @@ from quaymirror.mirror.worker import claims
 from quaymirror.mirror.worker.policy import FailureCooldown, LeasePolicy
 from quaymirror.mirror.worker.run import MirrorRun
 from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles, StopReason
+from quaymirror.orgmirror import repo_sync
+from quaymirror.orgmirror import worker as org_worker
 from quaymirror.settings import Settings
 
 if TYPE_CHECKING:  # the worker never imports the web layer; only the embedded start names its app
@@ -90,6 +98,8 @@ class Worker:
         self._runs: dict[int, ActiveRun] = {}
         self._claiming = 0
         self._executor = ThreadPoolExecutor(max_workers=settings.worker_concurrency, thread_name_prefix="mirror")
+        self._discoverer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="org-discovery")
+        self._discovering = False
         self._stopping = threading.Event()
         self._wake_pending = False
         self._in_pass = False
@@ -164,6 +174,7 @@ class Worker:
             except Exception:  # the database is down: the row goes stale on its own
                 log.warning("mirror worker %s: could not remove its heartbeat row", self.owner, exc_info=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._discoverer.shutdown(wait=True, cancel_futures=True)
         if self._own_database:
             self.database.dispose()
         log.info("mirror worker %s stopped", self.owner)
@@ -214,6 +225,7 @@ class Worker:
             self._reschedule(0.05)
 
     def _job(self) -> None:
+        self._start_discovery()
         for _ in range(1000):
             with self._lock:
                 self._in_pass = True
@@ -250,6 +262,29 @@ class Worker:
         if self._scheduler is not None and self._free_slots() > 0:
             self._sleep_until_next_due()
         return claimed
+
+    def _start_discovery(self) -> None:
+        """The organization mirrors' discovery, in its own thread, one at a time in this worker."""
+        if not self.settings.feature_org_mirror or self._stopping.is_set():
+            return
+        with self._lock:
+            if self._discovering:
+                return
+            self._discovering = True
+        try:
+            self._discoverer.submit(self._discover)
+        except RuntimeError:  # shut down meanwhile
+            with self._lock:
+                self._discovering = False
+
+    def _discover(self) -> None:
+        try:
+            org_worker.discover_due(self.database, self.settings)
+        except Exception:  # the database is down, ...: the next pass tries again
+            log.exception("organization mirror discovery pass failed")
+        finally:
+            with self._lock:
+                self._discovering = False
 
     def _claim_and_launch(self, candidates: list[claims.Candidate], free: int) -> int:
         """Claim up to ``free`` of the candidates and start their runs; how many were started.
@@ -306,10 +341,17 @@ class Worker:
         try:
             if self._stopping.is_set():
                 run.group.stop(StopReason.SHUTDOWN)
-            outcome = MirrorRun(self.settings, self.database, run.claimed, run.group,
-                                finishing=run.mark_finishing).execute()
+            claimed = run.claimed
+            parts = {} if claimed.org_repository_id is None else repo_sync.run_parts(
+                self.database, self.settings, claimed.config_id, claimed.org_repository_id)
+            began = time.monotonic()
+            outcome = MirrorRun(self.settings, self.database, claimed, run.group, finishing=run.mark_finishing,
+                                **parts).execute()
             if outcome == RunStatus.FAIL:
-                self._cooldown.failed(run.claimed.config_id)
+                self._cooldown.failed(claimed.config_id)
+            if claimed.org_repository_id is not None and outcome != RunStatus.INTERRUPTED:
+                metrics.ORG_REPO_SYNCS.labels(outcome.lower()).inc()
+                metrics.ORG_REPO_SYNC_SECONDS.observe(time.monotonic() - began)
         except Exception:
             log.exception("mirror run %d crashed", run.claimed.run_id)
         finally:

@@ -1,0 +1,217 @@
+"""The organization mirror's worker side against a real ``docker-registry`` on loopback, through the source kind
+``registry`` (its ``/v2/_catalog``) and real skopeo: discovery, the repositories it creates (ORG_MIRROR, the
+robot their admin), their syncs by the repository mirror's run (identical digests, digest skip on a re-sync,
+the history API), filters and SKIP with Quay's messages, cancel, failures, DELETE. Both backends."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from sqlalchemy import select
+
+from quaymirror import audit
+from quaymirror.accounts import service as accounts
+from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.orgmirror import worker as org_worker
+from quaymirror.orgmirror.models import OrgMirrorConfig, OrgMirrorRepository, OrgMirrorStatus
+from quaymirror.repositories.models import Repository, RepositoryPermission, RepositoryState
+from tests.common.images import push_images
+from tests.common.mirrors import layout_tags
+from tests.common.org_mirror_api import org_mirror_body
+from tests.common.worker import sync_once
+
+MIRROR = "/api/v1/organization/sellnsmall/mirror"
+UPSTREAM = {"alpha": ["1.0", "2.0"], "beta": ["1.0"], "gamma": ["1.0"]}
+
+
+@pytest.fixture
+def upstream(registry, tmp_path):
+    """``team/alpha`` (an index and a single image), ``team/beta``, ``team/gamma``, and ``other/zeta`` (another
+    namespace): {repository: {tag: digest}} of the ``team/`` ones."""
+    digests = {}
+    for i, (name, tags) in enumerate(UPSTREAM.items()):
+        digests[name] = push_images(registry, f"team/{name}", tags, seed=name, workdir=tmp_path / name,
+                                    multiarch_every=2 if i == 0 else 100)
+    push_images(registry, "other/zeta", ["1.0"], seed="zeta", workdir=tmp_path / "zeta", multiarch_every=100)
+    return digests
+
+
+@pytest.fixture
+def api(app_with):
+    """A client whose SSRF rules allow the loopback registry (as the worker's)."""
+    return app_with(ssrf_allowed_hosts=("127.0.0.1/32",)).test_client()
+
+
+def configure(api, admin, registry, **overrides) -> None:
+    body = org_mirror_body(external_registry_type="registry", external_registry_url=registry.url,
+                           external_namespace="team", sync_start_date="2025-01-01T00:00:00Z", **overrides)
+    response = api.post(MIRROR, json=body, headers=admin)
+    assert response.status_code == 201, response.get_data(as_text=True)
+
+
+def repositories(api, admin) -> dict[str, tuple[str, str | None]]:
+    """{name: (status, message)} as GET mirror/repositories lists them."""
+    response = api.get(f"{MIRROR}/repositories?limit=100", headers=admin)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return {r["name"]: (r["sync_status"], r["status_message"]) for r in response.get_json()["repositories"]}
+
+
+def sync_all(worker, timeout: float = 120) -> None:
+    """Passes until nothing is due (the worker runs two at once)."""
+    deadline = time.monotonic() + timeout
+    while sync_once(worker, timeout) and time.monotonic() < deadline:
+        pass
+
+
+def config_row(database) -> OrgMirrorConfig:
+    with database.transaction() as session:
+        config = session.scalars(select(OrgMirrorConfig)).one()
+        session.expunge(config)
+        return config
+
+
+def test_discovery_creates_every_repository_and_the_run_mirrors_it(api, orgs, registry, upstream, database,
+                                                                   wsettings, make_worker):
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    assert org_worker.discover_due(database, wsettings) == 1
+    assert repositories(api, admin) == {name: ("SYNC_NOW", None) for name in UPSTREAM}
+    with database.transaction() as session:
+        org = accounts.get_by_name(session, "sellnsmall")
+        robot = accounts.get_by_name(session, "sellnsmall+mirrorbot")
+        created = {r.name: r for r in session.scalars(select(Repository).where(Repository.namespace_id == org.id))}
+        assert set(created) == set(UPSTREAM)
+        assert {r.state for r in created.values()} == {RepositoryState.ORG_MIRROR}
+        roles = {session.get(Repository, p.repository_id).name: p.role for p in session.scalars(
+            select(RepositoryPermission).where(RepositoryPermission.user_id == robot.id))}
+        assert roles == {name: "admin" for name in UPSTREAM}
+        assert len(audit.entries(session, "org_mirror_repo_created")) == 3
+    assert config_row(database).sync_status == OrgMirrorStatus.SUCCESS
+
+    worker = make_worker()
+    sync_all(worker)
+    assert repositories(api, admin) == {name: ("SUCCESS", None) for name in UPSTREAM}
+    for name, digests in upstream.items():
+        assert layout_tags(wsettings, f"sellnsmall/{name}") == digests
+    # The repository mirror API does not see the organization's configurations; the history API does.
+    assert api.get("/api/v1/repository/sellnsmall/alpha/mirror", headers=orgs.headers("ALL")).status_code == 404
+    runs = api.get("/api/v1/repository/sellnsmall/alpha/mirror/syncs", headers=orgs.headers("ALL"))
+    assert runs.status_code == 200, runs.get_data(as_text=True)
+    [run] = runs.get_json()["syncs"]
+    assert (run["status"], run["tags"]["copied"]) == ("SUCCESS", 2)
+    with database.transaction() as session:
+        messages = [e.metadata_["message"] for e in audit.entries(session, "org_mirror_sync_success")]
+    prefix = f"{registry.host}/team"
+    assert f"Successfully synced '{prefix}/alpha': 2 tags" in messages
+    assert "Discovery completed: 3 repos discovered, 3 new" in messages
+
+    # sync-now: a discovery again, then every repository again: nothing copied (digest skip).
+    assert api.post(f"{MIRROR}/sync-now", headers=admin).status_code == 204
+    assert org_worker.discover_due(database, wsettings) == 1
+    assert {s for s, _ in repositories(api, admin).values()} == {"SYNC_NOW"}
+    sync_all(worker)
+    runs = api.get("/api/v1/repository/sellnsmall/alpha/mirror/syncs", headers=orgs.headers("ALL")).get_json()
+    latest = runs["syncs"][0]
+    assert (latest["status"], latest["tags"]["copied"], latest["tags"]["skipped"]) == ("SUCCESS", 0, 2)
+
+
+def test_filters_set_repositories_aside_and_new_ones_appear(api, orgs, registry, upstream, database, wsettings,
+                                                           tmp_path):
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    org_worker.discover_due(database, wsettings)
+    assert api.put(MIRROR, json={"repository_filters": ["a*", "d*"]}, headers=admin).status_code == 200
+    push_images(registry, "team/delta", ["1.0"], seed="delta", workdir=tmp_path / "delta", multiarch_every=100)
+    assert api.post(f"{MIRROR}/sync-now", headers=admin).status_code in (204, 400)
+    with database.transaction() as session:  # due now, whatever sync-now said about the queued repositories
+        session.execute(OrgMirrorConfig.__table__.update().values(sync_status=int(OrgMirrorStatus.SYNC_NOW),
+                                                                  sync_expiration_date=None))
+    assert org_worker.discover_due(database, wsettings) == 1
+    listed = repositories(api, admin)
+    assert listed["beta"] == ("SKIP", "Repository excluded by filters")
+    assert listed["gamma"] == ("SKIP", "Repository excluded by filters")
+    assert listed["delta"] == ("SYNC_NOW", None)
+    assert listed["alpha"][0] == "SYNC_NOW"
+    with database.transaction() as session:
+        aside = session.scalars(select(RepoMirrorConfig).join(
+            OrgMirrorRepository, OrgMirrorRepository.id == RepoMirrorConfig.org_mirror_repository_id)
+            .where(OrgMirrorRepository.repository_name.in_(["beta", "gamma"]))).all()
+        assert [c.is_enabled for c in aside] == [False, False]
+        assert {c.sync_status for c in aside} == {RepoMirrorStatus.CANCEL}  # their queued syncs were dropped
+        # Set aside, never deleted locally.
+        assert session.scalars(select(Repository).where(Repository.name == "beta")).one().state \
+            == RepositoryState.ORG_MIRROR
+
+    # Gone upstream: its own message. Filters cleared: the others come back.
+    shutil.rmtree(registry.data_dir / "docker/registry/v2/repositories/team/gamma")
+    assert api.put(MIRROR, json={"repository_filters": []}, headers=admin).status_code == 200
+    with database.transaction() as session:
+        session.execute(OrgMirrorConfig.__table__.update().values(sync_status=int(OrgMirrorStatus.SYNC_NOW),
+                                                                  sync_expiration_date=None))
+    org_worker.discover_due(database, wsettings)
+    listed = repositories(api, admin)
+    assert listed["gamma"] == ("SKIP", "Repository no longer in source registry")
+    assert listed["beta"] == ("SYNC_NOW", None)
+
+
+def test_an_empty_upstream_answer_changes_nothing(api, orgs, registry, upstream, database, wsettings):
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    org_worker.discover_due(database, wsettings)
+    before = repositories(api, admin)
+    with database.transaction() as session:
+        session.execute(OrgMirrorConfig.__table__.update().values(external_namespace="nothing-here",
+                                                                  sync_status=int(OrgMirrorStatus.SYNC_NOW),
+                                                                  sync_expiration_date=None))
+    assert org_worker.discover_due(database, wsettings) == 1
+    assert {n: s for n, s in repositories(api, admin).items()} == before
+    assert config_row(database).sync_status == OrgMirrorStatus.SUCCESS
+
+
+def test_an_unreachable_upstream_fails_the_discovery_with_quays_entry(api, orgs, registry, upstream, database,
+                                                                      wsettings):
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    registry.stop()
+    assert org_worker.discover_due(database, wsettings) == 1
+    config = config_row(database)
+    assert config.sync_status == OrgMirrorStatus.FAIL
+    assert config.sync_retries_remaining == 2  # retried at the next pass
+    with database.transaction() as session:
+        [entry] = audit.entries(session, "org_mirror_sync_failed")
+        assert entry.metadata_["message"].startswith("Failed to fetch repositories from source: ")
+    assert repositories(api, admin) == {}
+
+
+def test_cancel_cancels_every_repository_at_once_and_the_discovery_completes_it(api, orgs, registry, upstream,
+                                                                              database, wsettings):
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    org_worker.discover_due(database, wsettings)
+    assert api.post(f"{MIRROR}/sync-cancel", headers=admin).status_code == 204
+    assert {s for s, _ in repositories(api, admin).values()} == {"CANCEL"}
+    with database.transaction() as session:
+        assert {c.sync_status for c in session.scalars(select(RepoMirrorConfig))} == {RepoMirrorStatus.CANCEL}
+    assert config_row(database).sync_status == OrgMirrorStatus.CANCEL
+    assert org_worker.discover_due(database, wsettings) == 0  # the cancel is processed, not a discovery
+    config = config_row(database)
+    assert (config.sync_status, config.sync_retries_remaining) == (OrgMirrorStatus.SUCCESS, 3)
+    with database.transaction() as session:
+        [entry] = audit.entries(session, "org_mirror_sync_failed")
+        assert entry.metadata_["message"] == "Sync cancelled: 0 repos set to cancelled"
+
+
+def test_delete_gives_the_repositories_back_with_their_tags(api, orgs, registry, upstream, database, wsettings,
+                                                          make_worker):
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    org_worker.discover_due(database, wsettings)
+    sync_all(make_worker())
+    assert api.delete(MIRROR, headers=admin).status_code == 204
+    with database.transaction() as session:
+        assert session.scalars(select(RepoMirrorConfig)).all() == []
+        assert {r.state for r in session.scalars(select(Repository).where(Repository.name.in_(UPSTREAM)))} \
+            == {RepositoryState.NORMAL}
+    assert layout_tags(wsettings, "sellnsmall/beta") == upstream["beta"]
