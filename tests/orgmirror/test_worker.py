@@ -13,13 +13,14 @@ from sqlalchemy import select
 
 from quaymirror import audit
 from quaymirror.accounts import service as accounts
-from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorStatus
+from quaymirror.mirror.models import MirrorSyncRun, RepoMirrorConfig, RepoMirrorStatus
 from quaymirror.orgmirror import worker as org_worker
 from quaymirror.orgmirror.models import OrgMirrorConfig, OrgMirrorRepository, OrgMirrorStatus
 from quaymirror.repositories.models import Repository, RepositoryPermission, RepositoryState
 from tests.common.images import push_images
-from tests.common.mirrors import layout_tags
+from tests.common.mirrors import GatedProxy, layout_tags, skopeo_processes
 from tests.common.org_mirror_api import org_mirror_body
+from tests.common.ports import wait_for
 from tests.common.worker import sync_once
 
 MIRROR = "/api/v1/organization/sellnsmall/mirror"
@@ -45,8 +46,9 @@ def api(app_with):
 
 
 def configure(api, admin, registry, **overrides) -> None:
-    body = org_mirror_body(external_registry_type="registry", external_registry_url=registry.url,
-                           external_namespace="team", sync_start_date="2025-01-01T00:00:00Z", **overrides)
+    values = {"external_registry_type": "registry", "external_registry_url": registry.url,
+              "external_namespace": "team", "sync_start_date": "2025-01-01T00:00:00Z", **overrides}
+    body = org_mirror_body(**values)
     response = api.post(MIRROR, json=body, headers=admin)
     assert response.status_code == 201, response.get_data(as_text=True)
 
@@ -215,3 +217,49 @@ def test_delete_gives_the_repositories_back_with_their_tags(api, orgs, registry,
         assert {r.state for r in session.scalars(select(Repository).where(Repository.name.in_(UPSTREAM)))} \
             == {RepositoryState.NORMAL}
     assert layout_tags(wsettings, "sellnsmall/beta") == upstream["beta"]
+
+
+def test_sync_cancel_stops_the_running_copies_within_two_seconds(api, orgs, registry, upstream, database,
+                                                                 wsettings, make_worker, markers):
+    """Blob requests held by a proxy in front of the registry keep the copies running until the cancel."""
+    admin = orgs.headers("ORGADMIN")
+    with GatedProxy(registry.host) as proxy:
+        markers.append(proxy.host)
+        proxy.hold()
+        configure(api, admin, registry, external_registry_url=f"http://{proxy.host}")
+        make_worker(poll=True)
+        assert proxy.blob_requested.wait(30), "no copy started"
+        t0 = time.monotonic()
+        assert api.post(f"{MIRROR}/sync-cancel", headers=admin).status_code == 204
+        wait_for(lambda: not skopeo_processes(proxy.host), 10, what="the copies to stop")
+        stopped = time.monotonic() - t0
+        wait_for(lambda: {s for s, _ in repositories(api, admin).values()} == {"CANCEL"}, 10,
+                 what="every repository cancelled")
+    assert stopped <= 2, stopped
+    with database.transaction() as session:
+        statuses = {c.sync_status for c in session.scalars(select(RepoMirrorConfig))}
+        messages = [e.metadata_.get("message", "") for e in audit.entries(session, "org_mirror_sync_cancelled")]
+    assert statuses == {RepoMirrorStatus.CANCEL}
+    assert any(m.startswith("Sync cancelled for ") for m in messages), messages
+
+
+def test_three_workers_sync_each_repository_exactly_once(api, orgs, registry, database, wsettings, make_worker,
+                                                         tmp_path):
+    """Twelve upstream repositories (single images and indexes), three workers polling the same database: one
+    discovery, one run per repository, every digest identical."""
+    names = [f"repo{i:02d}" for i in range(12)]
+    digests = {name: push_images(registry, f"team/{name}", ["1.0"], seed=name, workdir=tmp_path / name,
+                                 multiarch_every=1 if i % 3 == 0 else 100) for i, name in enumerate(names)}
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    for _ in range(3):
+        make_worker(poll=True)
+    wait_for(lambda: {s for s, _ in repositories(api, admin).values()} == {"SUCCESS"}
+             and len(repositories(api, admin)) == 12, 120, interval=0.2, what="every repository synced")
+    with database.transaction() as session:
+        assert len(audit.entries(session, "org_mirror_sync_started")) == 1 + 12  # one discovery, one per repo
+        runs = session.execute(select(MirrorSyncRun.repository_id, MirrorSyncRun.status)).all()
+    assert len(runs) == 12 and {status for _, status in runs} == {"SUCCESS"}
+    assert len({repository_id for repository_id, _ in runs}) == 12
+    for name in names:
+        assert layout_tags(wsettings, f"sellnsmall/{name}") == digests[name]
