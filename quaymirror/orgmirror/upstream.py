@@ -62,6 +62,7 @@ def retrying(call: Callable[[], R], *, retries: int = RETRIES,
     fails to connect; the last answer (or error) stands. ``also``: more exceptions that mean "try again"
     (a client that raises on 429). A TLS failure and an SSRF refusal are never retried: the next try
     would meet the same certificate and the same rules."""
+    retryable: tuple[type[Exception], ...] = (OSError, http.client.HTTPException, *also)
     for attempt in range(retries + 1):
         if attempt:
             time.sleep(backoff(attempt))
@@ -69,7 +70,7 @@ def retrying(call: Callable[[], R], *, retries: int = RETRIES,
             reply = call()
         except ssl.SSLError:
             raise
-        except (OSError, http.client.HTTPException, *also):
+        except retryable:
             if attempt == retries:
                 raise
             continue
