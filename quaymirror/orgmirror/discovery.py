@@ -69,8 +69,6 @@ PROXY_FIELDS = ("http_proxy", "https_proxy", "no_proxy")
 MSG_AUTH = "Authentication failed: invalid credentials"
 MSG_PROXY = ("Discovery through a proxy is not supported yet: the proxy configured for this URL cannot be "
              "used with the SSRF rules applied; remove it (or list the host in no_proxy) to discover directly")
-MSG_TOO_MANY_PAGES = f"The upstream listing has more than {MAX_PAGES} pages: discovery stopped"
-MSG_TOO_MANY_NAMES = f"The upstream namespace has more than {MAX_NAMES} repositories: discovery stopped"
 
 
 class DiscoveryFailed(Exception):
@@ -166,13 +164,14 @@ class _Collected:
     def page(self) -> None:
         self.pages += 1
         if self.pages > MAX_PAGES:
-            raise DiscoveryFailed(MSG_TOO_MANY_PAGES)
+            raise DiscoveryFailed(f"The upstream listing has more than {MAX_PAGES} pages: discovery stopped")
 
     def add(self, names: Iterable[str]) -> None:
         for name in names:
             if name and name not in self.names:
                 if len(self.names) == MAX_NAMES:
-                    raise DiscoveryFailed(MSG_TOO_MANY_NAMES)
+                    raise DiscoveryFailed(f"The upstream namespace has more than {MAX_NAMES} repositories: "
+                                          "discovery stopped")
                 self.names[name] = None
 
 
