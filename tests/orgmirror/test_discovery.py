@@ -368,7 +368,6 @@ def config(**registry_config: object) -> OrgMirrorConfig:
     return row
 
 
-@pytest.mark.unit
 def test_a_source_is_built_from_the_configuration():
     built = Source.of(config(verify_tls=False, page_size=250,
                              proxy={"https_proxy": "http://p:3128", "no_proxy": "", "other": "x", "http_proxy": 5}),
@@ -380,21 +379,18 @@ def test_a_source_is_built_from_the_configuration():
     assert Source.of(config(), "", "") == Source(HARBOR, "https://harbor.example.com/", "proj")
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(("value", "size"), [(1, 1), (1000, 1000), (0, 100), (1001, 100), ("50", 100),
                                              (True, 100), (None, 100), (2.0, 100)])
 def test_page_size_is_an_integer_from_1_to_1000(value, size):
     assert discovery.page_size({"page_size": value}) == size
 
 
-@pytest.mark.unit
 def test_names_are_stripped_of_their_project_or_namespace():
     assert [discovery.strip_project(n) for n in ("proj/a", "proj/a/b/c", "alone")] == ["a", "a/b/c", "alone"]
     assert list(discovery.under_namespace(["team/a", "team", "team/", "teamx/b", "team/c/d", "x/team/e"],
                                           "team")) == ["a", "c/d"]
 
 
-@pytest.mark.unit
 def test_no_proxy_matching():
     assert discovery.bypasses("*", "anything")
     assert discovery.bypasses("example.com", "registry.example.com")
@@ -403,7 +399,6 @@ def test_no_proxy_matching():
     assert not discovery.bypasses("", "example.com")
 
 
-@pytest.mark.unit
 def test_quay_s_backoff_is_0_2_4_seconds(monkeypatch):
     monkeypatch.setattr(upstream, "BACKOFF_FACTOR", 1.0)
     assert [upstream.backoff(n) for n in (1, 2, 3)] == [0.0, 2.0, 4.0]
