@@ -16,10 +16,10 @@ followed (:mod:`quaymirror.orgmirror.upstream`). The listing is bounded (:data:`
 :data:`MAX_NAMES`). Every failure is a :class:`DiscoveryFailed` whose message is Quay's text, for the
 configuration's status; nothing else escapes.
 
-A proxy in ``external_registry_config`` that applies to the URL (``https_proxy`` for https, ``http_proxy``
-for http, unless ``no_proxy`` names the host) is not supported yet: the outbound opener cannot tunnel
-(CONNECT) with the SSRF rules applied to the target, so such a discovery fails saying so rather than
-going direct around the operator's proxy.
+A ``proxy`` in ``external_registry_config`` is used as requests uses it for Quay (``https_proxy`` for an
+https URL, ``http_proxy`` for http, ``no_proxy`` hosts direct), as a CONNECT tunnel
+(:class:`outbound.Proxies`): the proxy's host is checked by the SSRF rules as well as the upstream's, so an
+operator's proxy on a private address needs its own ``ssrf_allowed_hosts`` entry.
 """
 
 from __future__ import annotations
@@ -67,8 +67,6 @@ MAX_NAMES = 100_000
 PROXY_FIELDS = ("http_proxy", "https_proxy", "no_proxy")
 
 MSG_AUTH = "Authentication failed: invalid credentials"
-MSG_PROXY = ("Discovery through a proxy is not supported yet: the proxy configured for this URL cannot be "
-             "used with the SSRF rules applied; remove it (or list the host in no_proxy) to discover directly")
 
 
 class DiscoveryFailed(Exception):
@@ -134,24 +132,6 @@ def under_namespace(names: Iterable[str], namespace: str) -> Iterator[str]:
     for name in names:
         if name.startswith(prefix) and len(name) > len(prefix):
             yield name[len(prefix):]
-
-
-def proxied(source: Source, scheme: str, host: str) -> bool:
-    """Would a client honouring ``source.proxy`` send this URL through a proxy? (requests' rule: the
-    proxy of the URL's scheme, unless ``no_proxy`` names the host.)"""
-    if not source.proxy.get(f"{scheme}_proxy"):
-        return False
-    return not bypasses(source.proxy.get("no_proxy", ""), host)
-
-
-def bypasses(no_proxy: str, host: str) -> bool:
-    """Does ``no_proxy`` (comma-separated: ``*``, host names, ``.domain`` suffixes, IPs) name ``host``?"""
-    host = host.lower().rstrip(".")
-    for entry in no_proxy.split(","):
-        entry = entry.strip().lower().lstrip(".")
-        if entry == "*" or (entry and (host == entry or host.endswith("." + entry))):
-            return True
-    return False
 
 
 class _Collected:
@@ -273,7 +253,8 @@ def _list_registry(source: Source, upstream: Upstream) -> list[str]:
     """The catalog through the worker's registry client: its token flow answers Bearer challenges."""
     client = RegistryClient(outbound_authority(upstream.host, upstream.port), username=source.username,
                             password=source.password, tls_verify=source.verify_tls, timeout=TIMEOUT_SECONDS,
-                            allowed_hosts=upstream.policy.allowed, scheme=upstream.scheme, follow_redirects=False)
+                            allowed_hosts=upstream.policy.allowed, scheme=upstream.scheme, follow_redirects=False,
+                            proxies=upstream.proxies)
 
     def attempt(call: Callable[[], Response]) -> Response:
         return retrying(call, also=(RateLimited,))
@@ -319,12 +300,14 @@ def list_repositories(source: Source, settings: Settings) -> list[str]:
         url = service.check_url(source.url, settings)
     except InvalidRequest as error:
         raise DiscoveryFailed(error.detail) from None
-    if proxied(source, url.scheme, url.host):
-        raise DiscoveryFailed(MSG_PROXY)
+    try:
+        proxies = outbound.Proxies.of(source.proxy)
+    except ValueError as error:
+        raise DiscoveryFailed(f"Invalid proxy configuration: {error}") from None
     upstream = Upstream(url.scheme, url.host, url.port, base_path(source.url),
                         authorization(source.kind, source.username, source.password),
                         ssl_context(url.scheme, source.verify_tls), outbound.Policy.of(settings.ssrf_allowed_hosts),
-                        retries=3)
+                        retries=3, proxies=proxies)
     base = source.base
     try:
         return lister.run(source, upstream)

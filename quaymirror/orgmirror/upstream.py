@@ -110,7 +110,8 @@ def authorization(kind: SourceRegistryType, username: str | None, password: str 
 @dataclass(frozen=True)
 class Upstream:
     """One upstream to ask: where (``base_path`` is the URL's path, "" or "/prefix"), with which
-    ``Authorization`` header, and how many retries a GET gets (verify: none; the discovery: Quay's 3)."""
+    ``Authorization`` header, how many retries a GET gets (verify: none; the discovery: Quay's 3), and
+    through which proxies (a tunnel, :class:`outbound.Proxies`)."""
 
     scheme: str
     host: str
@@ -120,6 +121,7 @@ class Upstream:
     context: ssl.SSLContext | None
     policy: outbound.Policy
     retries: int = 0
+    proxies: outbound.Proxies | None = None
 
     def get(self, path: str) -> Reply:
         """``GET base/path`` (``path`` with its query), redirects not followed, retried as configured."""
@@ -127,7 +129,7 @@ class Upstream:
 
     def _once(self, path: str) -> Reply:
         connection = outbound.connection(self.scheme, self.host, self.port, policy=self.policy,
-                                         timeout=TIMEOUT_SECONDS, context=self.context)
+                                         timeout=TIMEOUT_SECONDS, context=self.context, proxies=self.proxies)
         headers = {"Accept": "application/json"}
         if self.authorization:
             headers["Authorization"] = self.authorization

@@ -4,8 +4,8 @@ retries here), answered in Quay's words.
 
 The source kinds ask what Quay's adapters ask: Quay its organization (then its user) endpoint with the
 password as a bearer token, Harbor its project with basic credentials, a plain registry its ``/v2/``.
-A configured proxy is not used here (the HTTP client speaks to the upstream directly), so a mirror with a
-proxy is answered as not checked rather than checked by another path than the worker's.
+A configured proxy is not used here: a mirror with a proxy is answered as not checked, as before (the
+discovery tunnels through it, :mod:`quaymirror.orgmirror.discovery`).
 """
 
 from __future__ import annotations

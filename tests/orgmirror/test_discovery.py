@@ -21,7 +21,7 @@ from quaymirror.orgmirror.discovery import DiscoveryFailed, Source, list_reposit
 from quaymirror.orgmirror.models import OrgMirrorConfig, SourceRegistryType
 from quaymirror.settings import Settings
 from tests.common.images import build_layout, push_layout
-from tests.common.loopback import Recorder, Seen
+from tests.common.loopback import Recorder, Seen, TunnelProxy
 from tests.common.ports import free_port
 from tests.common.registries import AUTH_PASSWORD, AUTH_USERNAME
 from tests.common.registry import hung_server
@@ -290,17 +290,41 @@ def test_a_forbidden_host_is_refused_before_any_connection(loopback_settings, ki
 
 
 # ------------------------------------------------------------------------------------------------ proxy
-def test_a_proxy_for_the_url_s_scheme_is_refused_as_not_supported_yet(loopback_settings):
-    with Recorder(answer=answer({harbor_path(1, 100): harbor_page(["ns/a"])})) as harbor:
-        proxy = {"http_proxy": "http://127.0.0.1:3128"}
-        message = failure(source(HARBOR, harbor.url, proxy=proxy), loopback_settings)
-        assert message.startswith("Discovery through a proxy is not supported yet")
-        assert harbor.requests == []
-        # The https proxy is not for an http URL, and no_proxy naming the host means direct: as requests does.
-        assert list_repositories(source(HARBOR, harbor.url, proxy={"https_proxy": "http://127.0.0.1:3128"}),
+def test_discovery_goes_through_the_proxy_of_the_url_s_scheme(loopback_settings):
+    """A real tunnelling proxy on loopback: the listing goes through it, and ``no_proxy`` hosts or another
+    scheme's proxy go direct, as requests decides for Quay."""
+    with (Recorder(answer=answer({harbor_path(1, 100): harbor_page(["ns/a"])})) as harbor,
+          TunnelProxy() as proxy):
+        authority = harbor.url.removeprefix("http://")
+        assert list_repositories(source(HARBOR, harbor.url, proxy={"http_proxy": proxy.url}),
                                  loopback_settings) == ["a"]
-        assert list_repositories(source(HARBOR, harbor.url, proxy={**proxy, "no_proxy": "example.com, 127.0.0.1"}),
-                                 loopback_settings) == ["a"]
+        assert proxy.connects == [(authority, None)]
+        for direct in ({"https_proxy": proxy.url}, {"http_proxy": proxy.url, "no_proxy": "example.com, 127.0.0.1"}):
+            assert list_repositories(source(HARBOR, harbor.url, proxy=direct), loopback_settings) == ["a"]
+    assert len(proxy.connects) == 1 and len(harbor.requests) == 3
+
+
+def test_the_registry_catalog_goes_through_the_proxy(loopback_settings, registry, one_image):
+    push_layout(one_image, registry, "team/app")
+    with TunnelProxy() as proxy:
+        assert list_repositories(source(REGISTRY, registry.url, namespace="team", proxy={"http_proxy": proxy.url}),
+                                 loopback_settings) == ["app"]
+    assert [target for target, _ in proxy.connects] == [registry.host]
+
+
+def test_a_proxy_the_rules_forbid_is_refused_before_connecting(loopback_settings):
+    with Recorder(answer=answer({})) as harbor, TunnelProxy("127.0.0.2") as proxy:
+        assert failure(source(HARBOR, harbor.url, proxy={"http_proxy": proxy.url}), loopback_settings) == (
+            "The provided registry URL is not allowed")
+    assert proxy.connections == [] and harbor.connections == []
+
+
+def test_an_unusable_proxy_is_said_so(loopback_settings):
+    with Recorder(answer=answer({})) as harbor:
+        message = failure(source(HARBOR, harbor.url, proxy={"http_proxy": "https://u:s3cret@proxy.test:3128"}),
+                          loopback_settings)
+    assert message.startswith("Invalid proxy configuration: a proxy is http://host:port")
+    assert "s3cret" not in message and harbor.connections == []
 
 
 # --------------------------------------------------------------------------------------------- registry
@@ -389,14 +413,6 @@ def test_names_are_stripped_of_their_project_or_namespace():
     assert [discovery.strip_project(n) for n in ("proj/a", "proj/a/b/c", "alone")] == ["a", "a/b/c", "alone"]
     assert list(discovery.under_namespace(["team/a", "team", "team/", "teamx/b", "team/c/d", "x/team/e"],
                                           "team")) == ["a", "c/d"]
-
-
-def test_no_proxy_matching():
-    assert discovery.bypasses("*", "anything")
-    assert discovery.bypasses("example.com", "registry.example.com")
-    assert discovery.bypasses(" .example.com ,x", "example.com")
-    assert not discovery.bypasses("example.com", "badexample.com")
-    assert not discovery.bypasses("", "example.com")
 
 
 def test_quay_s_backoff_is_0_2_4_seconds(monkeypatch):

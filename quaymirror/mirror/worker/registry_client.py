@@ -10,7 +10,8 @@ Authentication: HTTP basic, or the bearer-token flow (``WWW-Authenticate:
 Bearer realm=...``) with the basic credentials. TLS: verified, or with
 verification off tried first over https and then over plain http, as skopeo's
 ``--tls-verify=false`` does. Environment proxies are never used (the sync run
-hands an upstream behind a proxy to skopeo).
+hands an upstream behind a proxy to skopeo); an explicit ``proxies`` (the
+organization mirror's discovery) tunnels through :mod:`outbound`'s CONNECT.
 
 Every connection, to the registry itself, to a token realm, or to wherever a
 redirect (301/302/303/307/308, at most :data:`MAX_REDIRECTS` hops) points, is
@@ -41,7 +42,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from quaymirror.mirror.worker.policy import REUSED_CONNECTION_ATTEMPTS
-from quaymirror.security.outbound import OutboundRefused, Policy, connection
+from quaymirror.security.outbound import OutboundRefused, Policy, Proxies, connection
 
 INDEX_TYPES = frozenset({
     "application/vnd.oci.image.index.v1+json",
@@ -137,10 +138,14 @@ class RegistryClient:
 
     def __init__(self, host: str, *, username: str | None = None, password: str | None = None,
                  tls_verify: bool = True, timeout: float = TIMEOUT, allowed_hosts: Iterable[str] = (),
-                 trust_host: bool = False, scheme: str | None = None, follow_redirects: bool = True) -> None:
+                 trust_host: bool = False, scheme: str | None = None, follow_redirects: bool = True,
+                 proxies: Proxies | None = None) -> None:
         self.host = host
         # Off (Quay's discovery never follows one): a redirect is answered to the caller as it came.
         self.follow_redirects = follow_redirects
+        # Tunnels through a proxy (the organization mirror's discovery); the sync run hands a mirror behind a
+        # proxy to skopeo instead.
+        self.proxies = proxies
         split = urllib.parse.urlsplit(f"//{host}")
         self._hostname = split.hostname or host
         try:
@@ -196,7 +201,8 @@ class RegistryClient:
         if conn is None:
             scheme, host, port = key
             conn = conns[key] = connection(scheme, host, port, policy=self.policy, timeout=self.timeout,
-                                           context=self.ssl_context() if scheme == "https" else None)
+                                           context=self.ssl_context() if scheme == "https" else None,
+                                           proxies=self.proxies)
             with self._lock:
                 self._open.append(conn)
         return conn
