@@ -251,7 +251,7 @@ def _list_harbor(source: Source, upstream: Upstream) -> list[str]:
 
 def _list_registry(source: Source, upstream: Upstream) -> list[str]:
     """The catalog through the worker's registry client: its token flow answers Bearer challenges."""
-    client = RegistryClient(outbound_authority(upstream.host, upstream.port), username=source.username,
+    client = RegistryClient(_authority(upstream.host, upstream.port), username=source.username,
                             password=source.password, tls_verify=source.verify_tls, timeout=TIMEOUT_SECONDS,
                             allowed_hosts=upstream.policy.allowed, scheme=upstream.scheme, follow_redirects=False,
                             proxies=upstream.proxies)
@@ -279,7 +279,7 @@ def _list_registry(source: Source, upstream: Upstream) -> list[str]:
     return list(collected.names)
 
 
-def outbound_authority(host: str, port: int | None) -> str:
+def _authority(host: str, port: int | None) -> str:
     """``host[:port]`` as :class:`RegistryClient` takes it (IPv6 in brackets)."""
     shown = f"[{host}]" if ":" in host else host
     return f"{shown}:{port}" if port else shown

@@ -160,6 +160,20 @@ def test_a_503_is_retried_until_the_page_comes(loopback_settings):
     assert [path for path, _ in requests(quay)].count(LIST) == 3
 
 
+def test_a_request_left_unanswered_is_retried_on_a_new_connection(loopback_settings, monkeypatch):
+    monkeypatch.setattr(upstream, "TIMEOUT_SECONDS", 0.3)
+    unanswered: list[str] = []
+
+    def silent_first(seen: Seen) -> Reply:
+        if not unanswered:
+            unanswered.append(seen.path)
+            raise ConnectionAbortedError("the stand-in says nothing")  # the connection stays open, silent
+        return harbor_page(["ns/a"])
+    with Recorder(answer=answer({harbor_path(1, 100): silent_first})) as harbor:
+        assert list_repositories(source(HARBOR, harbor.url), loopback_settings) == ["a"]
+    assert len(harbor.requests) == 2 and len(harbor.connections) == 2
+
+
 def test_a_500_that_stays_is_tried_four_times_then_reported(loopback_settings):
     with Recorder(answer=answer({**QUAY_OK, LIST: page(500)})) as quay:
         assert failure(source(QUAY, quay.url, password="tok"), loopback_settings) == "Quay API returned error: 500"
