@@ -233,8 +233,12 @@ class _Tunnel(_Pinned):
                 sock.close()
                 last = error
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock = self.tls.wrap_socket(sock, server_hostname=self.host) if self.tls is not None else sock
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.sock = self.tls.wrap_socket(sock, server_hostname=self.host) if self.tls is not None else sock
+            except BaseException:  # a certificate not verified: the tunnel is not kept
+                sock.close()
+                raise
             return
         raise last if last is not None else OSError(f"no address to connect to for {self.host}")
 
