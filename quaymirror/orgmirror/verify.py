@@ -1,15 +1,15 @@
-"""verify: does the upstream answer as a source of this kind should? One or two GETs, through
-:mod:`quaymirror.security.outbound` (the SSRF rules, pinned addresses), answered in Quay's words.
+"""verify: does the upstream answer as a source of this kind should? One or two GETs, through the client
+the discovery uses too (:mod:`quaymirror.orgmirror.upstream`: the SSRF rules, pinned addresses; no
+retries here), answered in Quay's words.
 
 The source kinds ask what Quay's adapters ask: Quay its organization (then its user) endpoint with the
 password as a bearer token, Harbor its project with basic credentials, a plain registry its ``/v2/``.
-A configured proxy is not used here (the HTTP client speaks to the upstream directly), so a mirror with a
-proxy is answered as not checked rather than checked by another path than the worker's.
+A configured proxy is not used here: a mirror with a proxy is answered as not checked, as before (the
+discovery tunnels through it, :mod:`quaymirror.orgmirror.discovery`).
 """
 
 from __future__ import annotations
 
-import base64
 import http.client
 import ssl
 from collections.abc import Callable
@@ -23,11 +23,11 @@ from quaymirror.errors import InvalidRequest
 from quaymirror.orgmirror import service
 from quaymirror.orgmirror.models import OrgMirrorConfig, SourceRegistryType
 from quaymirror.orgmirror.service import SourceUrl
+from quaymirror.orgmirror.upstream import BodyTooLarge, Upstream, authorization, base_path, ssl_context
 from quaymirror.security import outbound
 from quaymirror.security.secrets import DecryptionFailed, SecretBox
 from quaymirror.settings import Settings
 
-TIMEOUT_SECONDS = 10.0
 OK = "Connection successful"
 # Quay words verify's refusal of the URL (any reason) so, unlike POST and PUT's "registry URL".
 MSG_URL = "The provided URL is not allowed"
@@ -41,35 +41,11 @@ class Result:
     message: str
 
 
-@dataclass(frozen=True)
-class _Upstream:
-    """One upstream to ask, with the credentials a source of its kind sends."""
-
-    url: SourceUrl
-    base_path: str
-    authorization: str | None
-    context: ssl.SSLContext | None
-    policy: outbound.Policy
-
-    def get(self, path: str) -> int:
-        """The status of ``GET base/path``, redirects not followed."""
-        connection = outbound.connection(self.url.scheme, self.url.host, self.url.port, policy=self.policy,
-                                         timeout=TIMEOUT_SECONDS, context=self.context)
-        headers = {"Accept": "application/json"}
-        if self.authorization:
-            headers["Authorization"] = self.authorization
-        try:
-            connection.request("GET", self.base_path + path, headers=headers)
-            response = connection.getresponse()
-            response.read(64 * 1024)
-            return response.status
-        finally:
-            connection.close()
-
-
-def _quay(upstream: _Upstream, namespace: str, has_token: bool) -> Result:
+def quay_connection(upstream: Upstream, namespace: str, has_token: bool) -> Result:
+    """Quay's connection test of a Quay source (the discovery's first step too): the token, then the
+    namespace as an organization, else as a user."""
     if has_token:
-        code = upstream.get("/api/v1/user/")
+        code = upstream.get("/api/v1/user/").status
         if code == 401:
             return Result(False, "Authentication failed: invalid API token or credentials")
         if code == 403:
@@ -78,16 +54,16 @@ def _quay(upstream: _Upstream, namespace: str, has_token: bool) -> Result:
             return Result(False, f"Registry returned redirect ({code}) during auth check")
         if code != 200:
             return Result(False, f"Unexpected response ({code}) during auth check")
-    code = upstream.get(f"/api/v1/organization/{quote(namespace, safe='')}")
+    code = upstream.get(f"/api/v1/organization/{quote(namespace, safe='')}").status
     if code == 404:
-        code = upstream.get(f"/api/v1/users/{quote(namespace, safe='')}")
+        code = upstream.get(f"/api/v1/users/{quote(namespace, safe='')}").status
         if code == 404:
             return Result(False, f"Namespace '{namespace}' not found")
     return _common(code)
 
 
-def _harbor(upstream: _Upstream, namespace: str, _has_token: bool) -> Result:
-    code = upstream.get(f"/api/v2.0/projects/{quote(namespace, safe='')}")
+def _harbor(upstream: Upstream, namespace: str, _has_token: bool) -> Result:
+    code = upstream.get(f"/api/v2.0/projects/{quote(namespace, safe='')}").status
     if code == 403:
         return Result(False, "Access forbidden - check permissions")
     if code == 404:
@@ -95,8 +71,8 @@ def _harbor(upstream: _Upstream, namespace: str, _has_token: bool) -> Result:
     return _common(code)
 
 
-def _registry(upstream: _Upstream, _namespace: str, _has_token: bool) -> Result:
-    return _common(upstream.get("/v2/"))
+def _registry(upstream: Upstream, _namespace: str, _has_token: bool) -> Result:
+    return _common(upstream.get("/v2/").status)
 
 
 def _common(code: int) -> Result:
@@ -107,21 +83,11 @@ def _common(code: int) -> Result:
     return Result(False, f"Unexpected response: {code}")
 
 
-_CHECKS: dict[SourceRegistryType, Callable[[_Upstream, str, bool], Result]] = {
-    SourceRegistryType.QUAY: _quay,
+_CHECKS: dict[SourceRegistryType, Callable[[Upstream, str, bool], Result]] = {
+    SourceRegistryType.QUAY: quay_connection,
     SourceRegistryType.HARBOR: _harbor,
     SourceRegistryType.REGISTRY: _registry,
 }
-
-
-def _authorization(kind: SourceRegistryType, username: str | None, password: str | None) -> str | None:
-    """Quay's adapters: a Quay source takes the password as an API token; the others basic credentials when
-    both are set."""
-    if kind == SourceRegistryType.QUAY:
-        return f"Bearer {password}" if password else None
-    if username and password:
-        return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-    return None
 
 
 def check(config: OrgMirrorConfig, url: SourceUrl, username: str | None, password: str | None,
@@ -131,17 +97,11 @@ def check(config: OrgMirrorConfig, url: SourceUrl, username: str | None, passwor
     proxy = registry_config.get("proxy")
     if isinstance(proxy, dict) and (proxy.get("http_proxy") or proxy.get("https_proxy")):
         return Result(False, MSG_PROXY)
-    context = None
-    if url.scheme == "https":
-        context = ssl.create_default_context()
-        if registry_config.get("verify_tls") is False:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
     kind = SourceRegistryType(config.external_registry_type)
-    base = config.external_registry_url.rstrip("/")
-    base_path = base.split("://", 1)[1].partition("/")[2]
-    upstream = _Upstream(url, "/" + base_path if base_path else "", _authorization(kind, username, password),
-                         context, outbound.Policy.of(settings.ssrf_allowed_hosts))
+    upstream = Upstream(url.scheme, url.host, url.port, base_path(config.external_registry_url),
+                        authorization(kind, username, password),
+                        ssl_context(url.scheme, registry_config.get("verify_tls") is not False),
+                        outbound.Policy.of(settings.ssrf_allowed_hosts))
     try:
         return _CHECKS[kind](upstream, config.external_namespace, bool(password))
     except outbound.OutboundRefused:
@@ -150,7 +110,7 @@ def check(config: OrgMirrorConfig, url: SourceUrl, username: str | None, passwor
         return Result(False, "Connection timed out")
     except ssl.SSLError as error:
         return Result(False, f"SSL error: {error}")
-    except (OSError, http.client.HTTPException) as error:
+    except (OSError, http.client.HTTPException, BodyTooLarge) as error:
         return Result(False, f"Connection error: {error}")
 
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from quaymirror.security import ssrf
-from quaymirror.security.outbound import OutboundRefused, Policy, connection
-from tests.common.loopback import Recorder, same_port_pair
+from quaymirror.security.outbound import OutboundRefused, Policy, Proxies, Proxy, connection
+from tests.common.loopback import Recorder, TunnelProxy, same_port_pair
 from tests.common.registries import require_tools
 from tests.common.registry import Registry
 
@@ -120,3 +120,94 @@ def test_tls_is_verified_against_the_name_while_connecting_to_the_checked_addres
         assert get("https", "localhost", tls_registry.port, LOOPBACK_ONLY, context) == 200
         with pytest.raises(ssl.SSLCertVerificationError, match="other.test"):
             get("https", "other.test", tls_registry.port, LOOPBACK_ONLY, context)
+
+
+# ------------------------------------------------------------------------------ through a proxy (CONNECT)
+def proxies(proxy: TunnelProxy, **more: str) -> Proxies:
+    return Proxies.of({"http_proxy": proxy.url, "https_proxy": proxy.url, **more})
+
+
+def test_a_tunnel_names_the_checked_address_to_the_proxy_and_keeps_the_name():
+    """The proxy is told the address the rules checked, never the name (its own DNS could answer another);
+    the request's Host header still carries the name."""
+    with Recorder("127.0.0.1") as registry, TunnelProxy() as proxy, \
+            ssrf.use_resolver({"upstream.test": ["127.0.0.1"]}):
+        url = proxy.url.replace("http://", "http://bob:s%40cret@")
+        conn = connection("http", "upstream.test", registry.port, policy=LOOPBACK_ONLY, timeout=5,
+                          proxies=Proxies.of({"http_proxy": url}))
+        assert status(conn) == 200
+        assert status(conn) == 200  # one tunnel, kept alive
+        conn.close()
+    assert proxy.connects == [(f"127.0.0.1:{registry.port}", "Basic Ym9iOnNAY3JldA==")]
+    assert [seen.headers["host"] for seen in registry.requests] == [f"upstream.test:{registry.port}"] * 2
+
+
+def test_tls_through_a_tunnel_is_verified_against_the_name(tls_registry: Registry):
+    context = tls_registry.ssl_context()
+    with TunnelProxy() as proxy, ssrf.use_resolver({"localhost": ["127.0.0.1"], "other.test": ["127.0.0.1"]}):
+        conn = connection("https", "localhost", tls_registry.port, policy=LOOPBACK_ONLY, timeout=5,
+                          context=context, proxies=proxies(proxy))
+        assert status(conn) == 200
+        with pytest.raises(ssl.SSLCertVerificationError, match="other.test"):
+            status(connection("https", "other.test", tls_registry.port, policy=LOOPBACK_ONLY, timeout=5,
+                              context=context, proxies=proxies(proxy)))
+    assert [target for target, _auth in proxy.connects] == [f"127.0.0.1:{tls_registry.port}"] * 2
+
+
+def test_a_forbidden_target_is_refused_before_the_proxy_hears_of_it(forbidden):
+    with TunnelProxy() as proxy, pytest.raises(OutboundRefused, match="127.0.0.2"):
+        status(connection("http", "127.0.0.2", forbidden.port, policy=LOOPBACK_ONLY, timeout=5,
+                          proxies=proxies(proxy)))
+    forbidden.stop()
+    assert proxy.connections == [] and forbidden.connections == []
+
+
+def test_a_forbidden_proxy_is_refused_before_connecting_to_it():
+    with (Recorder("127.0.0.1") as registry, TunnelProxy("127.0.0.2") as proxy,
+          pytest.raises(OutboundRefused, match=r"127\.0\.0\.2")):
+        status(connection("http", "127.0.0.1", registry.port, policy=LOOPBACK_ONLY, timeout=5,
+                          proxies=proxies(proxy)))
+    assert proxy.connections == [] and registry.connections == []
+
+
+def test_no_proxy_hosts_and_other_schemes_go_direct():
+    with Recorder("127.0.0.1") as registry, TunnelProxy() as proxy:
+        for chosen in (proxies(proxy, no_proxy="example.com,127.0.0.1"), Proxies.of({"https_proxy": proxy.url})):
+            assert status(connection("http", "127.0.0.1", registry.port, policy=LOOPBACK_ONLY, timeout=5,
+                                     proxies=chosen)) == 200
+    assert proxy.connections == [] and len(registry.connections) == 2
+
+
+def test_a_proxy_refusing_the_tunnel_is_a_connection_error():
+    with (Recorder("127.0.0.1") as registry, TunnelProxy(refuse=407) as proxy,
+          pytest.raises(OSError, match=r"refused the tunnel to 127\.0\.0\.1: HTTP 407 Refused")):
+        status(connection("http", "127.0.0.1", registry.port, policy=LOOPBACK_ONLY, timeout=5,
+                          proxies=proxies(proxy)))
+    assert registry.connections == []
+
+
+@pytest.mark.parametrize(("url", "parsed"), [
+    ("http://proxy.corp:3128", Proxy("proxy.corp", 3128)),
+    ("proxy.corp", Proxy("proxy.corp", 80)),
+    ("http://u:p%3Aw@[::1]:8080/", Proxy("::1", 8080, "Basic dTpwOnc=")),
+])
+def test_proxy_urls(url, parsed):
+    assert Proxy.parse(url) == parsed
+
+
+@pytest.mark.parametrize("url", ["https://proxy.corp:3128", "socks5://p:1080", "http://p:x", "http://p/path",
+                                 "http://"])
+def test_unusable_proxy_urls(url):
+    with pytest.raises(ValueError):
+        Proxy.parse(url)
+
+
+def test_which_proxy_a_host_takes():
+    chosen = Proxies.of({"http_proxy": "http://h:1", "https_proxy": "", "no_proxy": " .corp, 10.0.0.1"})
+    assert chosen.choose("http", "registry.example.com") == Proxy("h", 1)
+    assert chosen.choose("https", "registry.example.com") is None
+    assert chosen.choose("http", "a.corp") is None and chosen.choose("http", "corp") is None
+    assert chosen.choose("http", "10.0.0.1") is None and chosen.choose("http", "notcorp") == Proxy("h", 1)
+    assert Proxies.of({"no_proxy": "*"}).choose("http", "x") is None
+    assert not Proxies.of({}) and Proxies.of({"https_proxy": "h:1"})
+    assert "s3cret" not in repr(Proxy.parse("http://u:s3cret@h:1"))

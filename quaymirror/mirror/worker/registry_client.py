@@ -10,7 +10,8 @@ Authentication: HTTP basic, or the bearer-token flow (``WWW-Authenticate:
 Bearer realm=...``) with the basic credentials. TLS: verified, or with
 verification off tried first over https and then over plain http, as skopeo's
 ``--tls-verify=false`` does. Environment proxies are never used (the sync run
-hands an upstream behind a proxy to skopeo).
+hands an upstream behind a proxy to skopeo); an explicit ``proxies`` (the
+organization mirror's discovery) tunnels through :mod:`outbound`'s CONNECT.
 
 Every connection, to the registry itself, to a token realm, or to wherever a
 redirect (301/302/303/307/308, at most :data:`MAX_REDIRECTS` hops) points, is
@@ -37,11 +38,11 @@ import re
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from quaymirror.mirror.worker.policy import REUSED_CONNECTION_ATTEMPTS
-from quaymirror.security.outbound import OutboundRefused, Policy, connection
+from quaymirror.security.outbound import OutboundRefused, Policy, Proxies, connection
 
 INDEX_TYPES = frozenset({
     "application/vnd.oci.image.index.v1+json",
@@ -78,6 +79,14 @@ class RedirectError(RegistryError):
 
 class RateLimited(RegistryError):
     """The registry refused the request for its pull rate limit (429), or said none are left."""
+
+
+class TLSFailed(RegistryError):
+    """TLS with the registry failed (a certificate not verified, a handshake refused)."""
+
+
+class MalformedAnswer(RegistryError):
+    """The registry answered 200 with a body that is not what the distribution API defines."""
 
 
 class ManifestRefused(RegistryError):
@@ -129,8 +138,14 @@ class RegistryClient:
 
     def __init__(self, host: str, *, username: str | None = None, password: str | None = None,
                  tls_verify: bool = True, timeout: float = TIMEOUT, allowed_hosts: Iterable[str] = (),
-                 trust_host: bool = False) -> None:
+                 trust_host: bool = False, scheme: str | None = None, follow_redirects: bool = True,
+                 proxies: Proxies | None = None) -> None:
         self.host = host
+        # Off (Quay's discovery never follows one): a redirect is answered to the caller as it came.
+        self.follow_redirects = follow_redirects
+        # Tunnels through a proxy (the organization mirror's discovery); the sync run hands a mirror behind a
+        # proxy to skopeo instead.
+        self.proxies = proxies
         split = urllib.parse.urlsplit(f"//{host}")
         self._hostname = split.hostname or host
         try:
@@ -143,7 +158,9 @@ class RegistryClient:
         )
         self.tls_verify = tls_verify
         self.timeout = timeout
-        self._scheme: str | None = "https" if tls_verify else None
+        # A ``scheme`` given (an upstream named by URL) is used as is; else https, or probed without TLS
+        # verification.
+        self._scheme: str | None = scheme or ("https" if tls_verify else None)
         self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
         self._probe_lock = threading.Lock()
@@ -184,7 +201,8 @@ class RegistryClient:
         if conn is None:
             scheme, host, port = key
             conn = conns[key] = connection(scheme, host, port, policy=self.policy, timeout=self.timeout,
-                                           context=self.ssl_context() if scheme == "https" else None)
+                                           context=self.ssl_context() if scheme == "https" else None,
+                                           proxies=self.proxies)
             with self._lock:
                 self._open.append(conn)
         return conn
@@ -223,7 +241,7 @@ class RegistryClient:
                     raise refused.during(f"redirect of {first}") from None
                 raise
             location = resp.headers.get("Location") if resp.status in REDIRECTS else None
-            if not location:
+            if not location or not self.follow_redirects:
                 return resp
             here = f"{target[0]}://{_authority(target[1], target[2])}{path}"
             try:
@@ -307,7 +325,7 @@ class RegistryClient:
             resp = self._authorized(scheme, method, path, headers, scope, body)
         except (ssl.SSLError, ConnectionResetError, http.client.BadStatusLine) as error:
             if self.tls_verify or known == "https":
-                raise RegistryError(f"TLS error talking to {self.host}: {error}") from None
+                raise TLSFailed(f"TLS error talking to {self.host}: {error}") from None
             scheme = "http"
             resp = self._authorized(scheme, method, path, headers, scope, body)
         if self._scheme is None:
@@ -433,8 +451,33 @@ class RegistryClient:
             if resp.status != 200:
                 raise RegistryError(f"GET tags of {repository} answered HTTP {resp.status}", resp.status)
             found.extend(json.loads(resp.body).get("tags") or [])
-            path = _next_link(resp.headers.get("Link"))
+            path = next_link(resp.headers.get("Link"))
         return found
+
+    def catalog(self, page_size: int, *,
+                attempt: Callable[[Callable[[], Response]], Response] | None = None) -> Iterator[list[str]]:
+        """The registry's repository names, page by page (``GET /v2/_catalog?n=page_size``, then its
+        ``Link: <...>; rel="next"``), lazily: the caller says how many pages it reads. ``attempt`` makes
+        each page's request (the organization mirror's discovery retries through it).
+
+        A status but 200 raises :class:`RegistryError` with it; a 200 whose body holds no list of names,
+        :class:`MalformedAnswer`.
+        """
+        path: str | None = f"/v2/_catalog?n={page_size}"
+        while path is not None:
+            def fetch(page: str = path) -> Response:
+                return self._request("GET", page, scope="registry:catalog:*")
+            resp = attempt(fetch) if attempt is not None else fetch()
+            if resp.status != 200:
+                raise RegistryError(f"GET /v2/_catalog answered HTTP {resp.status}", resp.status)
+            try:
+                names = json.loads(resp.body).get("repositories") or []
+            except (ValueError, AttributeError):
+                names = None
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise MalformedAnswer("GET /v2/_catalog: the body is not a catalog", resp.status)
+            yield names
+            path = next_link(resp.headers.get("Link"))
 
 
 def _target(url: str) -> tuple[Origin, str]:
@@ -454,7 +497,9 @@ def _quote(repository: str) -> str:
     return urllib.parse.quote(repository.strip("/"), safe="/")
 
 
-def _next_link(header: str | None) -> str | None:
+def next_link(header: str | None) -> str | None:
+    """The path (and query) of a ``Link`` header's ``rel="next"`` target (RFC 8288, as distribution and
+    Harbor page), None without one."""
     if not header:
         return None
     match = re.search(r"<([^>]+)>\s*;\s*rel=\"?next\"?", header)

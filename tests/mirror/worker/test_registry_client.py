@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from quaymirror.mirror.worker.destination import DestinationError, open_repository
-from quaymirror.mirror.worker.registry_client import MAX_REDIRECTS, RegistryClient, RegistryError
+from quaymirror.mirror.worker.registry_client import MAX_REDIRECTS, RegistryClient, RegistryError, next_link
 from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles, Skopeo
 from quaymirror.security.outbound import OutboundRefused
 from quaymirror.settings import Settings
@@ -162,3 +162,41 @@ def test_the_destination_redirecting_elsewhere_is_checked(forbidden, docker_dest
         repository.client.close()
     forbidden.stop()
     assert forbidden.connections == []
+
+
+def test_catalog_pages_through_a_real_registry(registry, tmp_path):
+    """``catalog`` yields the pages of ``/v2/_catalog`` as distribution's ``Link`` headers chain them."""
+    for repo in ("a/one", "b/two", "c/three"):
+        push_images(registry, repo, ["v1"], multiarch_every=0, workdir=tmp_path / repo)
+    client = RegistryClient(registry.host, scheme="http", allowed_hosts=("127.0.0.1/32",))
+    seen: list[str] = []
+
+    def attempt(call):
+        seen.append("page")
+        return call()
+
+    assert list(client.catalog(2, attempt=attempt)) == [["a/one", "b/two"], ["c/three"]]
+    assert seen == ["page", "page"]
+    client.close()
+
+
+def test_catalog_without_following_redirects_answers_the_redirect():
+    with Recorder(answer=redirect("/v2/_catalog?n=5&last=x")) as upstream:
+        client = RegistryClient(upstream.authority, scheme="http", allowed_hosts=("127.0.0.1/32",),
+                                follow_redirects=False)
+        with pytest.raises(RegistryError) as answered:
+            list(client.catalog(5))
+        client.close()
+    assert answered.value.status == 307
+    assert [s.path for s in upstream.requests] == ["/v2/_catalog?n=5"]
+
+
+@pytest.mark.parametrize(("header", "path"), [
+    ('</v2/_catalog?last=b&n=2>; rel="next"', "/v2/_catalog?last=b&n=2"),
+    ('<https://h/api?page=1>; rel="prev" , <https://h/api?page=3>; rel="next"', "/api?page=3"),
+    ('</x?page=1>; rel="prev"', None),
+    ("", None),
+    (None, None),
+])
+def test_next_link(header, path):
+    assert next_link(header) == path
