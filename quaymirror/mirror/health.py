@@ -159,8 +159,9 @@ def health(session: Session, options: Options, now: datetime | None = None) -> H
 def _base(namespace_id: int | None) -> list[ColumnElement[bool]]:
     """The conditions every count shares: enabled configs of mirrored repositories (of one namespace), an
     organization mirror's repositories included (each is synced by a configuration of its own)."""
-    conditions = [Repository.state.in_([RepositoryState.MIRROR, RepositoryState.ORG_MIRROR]),
-                  RepoMirrorConfig.is_enabled.is_(True)]
+    conditions: list[ColumnElement[bool]] = [
+        Repository.state.in_([RepositoryState.MIRROR, RepositoryState.ORG_MIRROR]),
+        RepoMirrorConfig.is_enabled.is_(True)]
     if namespace_id is not None:
         conditions.append(Repository.namespace_id == namespace_id)
     return conditions

@@ -58,12 +58,14 @@ MSG_FILTERED = "Repository excluded by filters"
 
 @dataclass(frozen=True)
 class Discovered:
-    """What one discovery found: the upstream's names, those the filters keep, and how many rows are new."""
+    """How one claimed discovery ended (``quay_org_mirror_discovery_total``'s status: success, fail or cancel)
+    and what it found: the upstream's names, those the filters keep, how many rows are new, how many queued."""
 
-    upstream: int
-    kept: int
-    new: int
-    queued: int
+    outcome: str
+    upstream: int = 0
+    kept: int = 0
+    new: int = 0
+    queued: int = 0
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
@@ -72,8 +74,8 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def discover_due(database: Database, settings: Settings) -> int:
-    """Discover every configuration due now; how many this worker discovered. One failing configuration does
-    not stop the others (logged, as Quay)."""
+    """Discover every configuration due now; how many this worker claimed (discovered, failed or cancelled).
+    One configuration's internal error does not stop the others (logged, as Quay)."""
     with database.transaction() as session:
         due = status.due(session, utcnow(), MAX_BATCH)
     metrics.ORG_CONFIGS_PENDING.set(len(due))
@@ -95,7 +97,7 @@ def _config_audit(session: Session, config: OrgMirrorConfig, kind: str, message:
 
 
 def discover(database: Database, settings: Settings, candidate: status.DueConfig) -> Discovered | None:
-    """One discovery of a due configuration; None when another worker took it first (or it was cancelled)."""
+    """One discovery of a due configuration; None when another worker (or a user) changed it first."""
     began = time.monotonic()
     with database.transaction() as session:
         token = status.claim(session, candidate)
@@ -109,7 +111,7 @@ def discover(database: Database, settings: Settings, candidate: status.DueConfig
             status.release(session, config.id, token, OrgMirrorStatus.SUCCESS)
             _counted("cancel", began)
             log.info("organization mirror of %s: cancelled %d repositories", config.organization.username, cancelled)
-            return None
+            return Discovered("cancel")
         organization = config.organization.username
         _config_audit(session, config, repo_sync.SYNC_STARTED,
                       f"Starting repository discovery for organization '{organization}'")
@@ -123,19 +125,18 @@ def discover(database: Database, settings: Settings, candidate: status.DueConfig
             failure = f"Failed to decrypt source registry credentials: {str(error)[:ERROR_EXCERPT]}"
         patterns = list(config.repository_filters)
         if failure is not None:
-            _failed(session, config, token, failure, began)
-            return None
+            return _failed(session, config, token, failure, began)
     assert source is not None
-    log.info("organization mirror of %s: discovering %s", organization, source.describe())
+    log.info("organization mirror of %s: discovering %s", organization, source.base)
     try:
         names = discovery.list_repositories(source, settings)
     except discovery.DiscoveryFailed as error:
         with database.transaction() as session:
             config = session.get(OrgMirrorConfig, candidate.config_id)
-            if config is not None:
-                _failed(session, config, token,
-                        f"Failed to fetch repositories from source: {error.message[:ERROR_EXCERPT]}", began)
-        return None
+            if config is None:  # deleted during the listing
+                return None
+            return _failed(session, config, token,
+                           f"Failed to fetch repositories from source: {error.message[:ERROR_EXCERPT]}", began)
     kept = [name for name in names if matches(name, patterns)]
     with database.transaction() as session:
         config = session.get(OrgMirrorConfig, candidate.config_id)
@@ -158,14 +159,15 @@ def discover(database: Database, settings: Settings, candidate: status.DueConfig
     metrics.ORG_REPOS_CREATED.inc(new)
     log.info("organization mirror of %s: %d upstream repositories, %d kept by the filters, %d new, %d queued",
              organization, len(names), len(kept), new, queued)
-    return Discovered(len(names), len(kept), new, queued)
+    return Discovered("success", len(names), len(kept), new, queued)
 
 
-def _failed(session: Session, config: OrgMirrorConfig, token: str, message: str, began: float) -> None:
+def _failed(session: Session, config: OrgMirrorConfig, token: str, message: str, began: float) -> Discovered:
     _config_audit(session, config, repo_sync.SYNC_FAILED, message)
     status.release(session, config.id, token, OrgMirrorStatus.FAIL)
     _counted("fail", began)
     log.warning("organization mirror of %s: %s", config.organization.username, message)
+    return Discovered("fail")
 
 
 def _counted(outcome: str, began: float) -> None:

@@ -197,7 +197,7 @@ def test_cancel_cancels_every_repository_at_once_and_the_discovery_completes_it(
     with database.transaction() as session:
         assert {c.sync_status for c in session.scalars(select(RepoMirrorConfig))} == {RepoMirrorStatus.CANCEL}
     assert config_row(database).sync_status == OrgMirrorStatus.CANCEL
-    assert org_worker.discover_due(database, wsettings) == 0  # the cancel is processed, not a discovery
+    assert org_worker.discover_due(database, wsettings) == 1  # the cancel is processed, no listing
     config = config_row(database)
     assert (config.sync_status, config.sync_retries_remaining) == (OrgMirrorStatus.SUCCESS, 3)
     with database.transaction() as session:
