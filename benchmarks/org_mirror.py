@@ -13,7 +13,7 @@ links) 1,000 times in the registry's storage, so the catalog lists real reposito
 * ``quaymirror``: a worker started on a configuration of the 50 (embedded SQLite, a ``docker://`` destination,
   an empty registry): from the worker's start to the last repository's SUCCESS, its discovery included.
 
-    .venv/bin/python -m benchmarks.org_mirror [--repos 1000] [--sync-repos 50] [--trials 3]
+    .venv/bin/python -m benchmarks.org_mirror [--repos 1000] [--sync-repos 50] [--trials 3] [--worker-concurrency N]
 
 Goals: discovery <= 2 s; quaymirror's first sync <= 0.85 x skopeo sync.
 """
@@ -71,13 +71,13 @@ def replicate(reg: Registry, seed: str, namespace: str, count: int) -> None:
 class Instance:
     """A quaymirror database with the organization, its robot and an org:admin token, and an app to drive it."""
 
-    def __init__(self, workdir: Path, url: str, storage: str) -> None:
+    def __init__(self, workdir: Path, url: str, storage: str, **overrides: int) -> None:
         instance = workdir / f"instance-{time.time_ns()}"
         instance.mkdir(parents=True)
         dbmod.upgrade(url)
         self.settings = Settings(instance_path=instance, database_url=url, secret_key=SECRET, storage=storage,
                                  storage_tls_verify=False, ssrf_allowed_hosts=("127.0.0.1/32",), retry_seconds=0,
-                                 worker_poll_seconds=3600)
+                                 worker_poll_seconds=3600, **overrides)
         self.database = dbmod.Database(url)
         world = World(self.database, SECRET)
         world.user("admin")
@@ -152,10 +152,11 @@ def skopeo_sync(workdir: Path, upstream: Registry, dest: Registry, names: list[s
     return time.monotonic() - t0
 
 
-def quaymirror_sync(workdir: Path, upstream: Registry, dest: Registry, count: int) -> float:
+def quaymirror_sync(workdir: Path, upstream: Registry, dest: Registry, count: int, concurrency: int | None) -> float:
     """A worker's start to the last repository's SUCCESS (its discovery included), in seconds."""
     url = f"sqlite:///{workdir / f'sync-{time.time_ns()}.db'}"
-    instance = Instance(workdir, url, f"docker://{dest.host}")
+    overrides = {"worker_concurrency": concurrency} if concurrency else {}
+    instance = Instance(workdir, url, f"docker://{dest.host}", **overrides)
     try:
         instance.configure(upstream, "few")
         t0 = time.monotonic()
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--repos", type=int, default=1000)
     parser.add_argument("--sync-repos", type=int, default=50)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--worker-concurrency", type=int, default=None,
+                        help="QUAYMIRROR_WORKER_CONCURRENCY of the one worker (default: the setting's default)")
     args = parser.parse_args()
     backends = ["sqlite", *(["postgresql"] if pg_available() else [])]
     results: dict[str, list[float]] = {f"discovery ({name})": [] for name in backends}
@@ -205,7 +208,8 @@ def main() -> None:
                         if method == "skopeo sync":
                             results[method].append(skopeo_sync(workdir, upstream, dest, names))
                         else:
-                            results[method].append(quaymirror_sync(workdir, upstream, dest, len(names)))
+                            results[method].append(quaymirror_sync(workdir, upstream, dest, len(names),
+                                                                   args.worker_concurrency))
                     shutil.rmtree(workdir / f"dest-{trial}-{method.replace(' ', '-')}", ignore_errors=True)
                 print(f"trial {trial + 1}/{args.trials}: " + ", ".join(
                     f"{method} {values[-1]:.3f}s" for method, values in results.items()), flush=True)
