@@ -5,8 +5,14 @@ the history API), filters and SKIP with Quay's messages, cancel, failures, DELET
 
 from __future__ import annotations
 
+import http.client
+import json
 import shutil
+import threading
 import time
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import select
@@ -263,3 +269,120 @@ def test_three_workers_sync_each_repository_exactly_once(api, orgs, registry, da
     assert len({repository_id for repository_id, _ in runs}) == 12
     for name in names:
         assert layout_tags(wsettings, f"sellnsmall/{name}") == digests[name]
+
+
+class ListingStandIn:
+    """A stand-in for Quay's and Harbor's listing APIs (neither can run here) on loopback, in front of a real
+    registry: it answers Quay's user, organization and repository list endpoints (pages of two, ``next_page``)
+    and Harbor's project repositories endpoint (``page``/``page_size``, ``project/name`` names), from the
+    registry's own catalog under the namespace, and passes every ``/v2/`` request through to the registry, so
+    skopeo pulls through it. It records the API requests it answered."""
+
+    def __init__(self, registry, namespace: str) -> None:
+        self.registry = registry
+        self.namespace = namespace
+        self.requests: list[str] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._forward()
+
+            def do_GET(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                if url.path.startswith("/v2/"):
+                    self._forward()
+                    return
+                stand_in.requests.append(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                names = stand_in.names()
+                if url.path in ("/api/v1/user/", f"/api/v1/organization/{stand_in.namespace}"):
+                    self._json({"name": stand_in.namespace})
+                elif url.path == "/api/v1/repository" and query.get("namespace") == stand_in.namespace:
+                    start = int(query.get("next_page") or 0)
+                    body: dict = {"repositories": [{"namespace": stand_in.namespace, "name": n}
+                                                   for n in names[start:start + 2]]}
+                    if start + 2 < len(names):
+                        body["next_page"] = str(start + 2)
+                    self._json(body)
+                elif url.path == f"/api/v2.0/projects/{stand_in.namespace}/repositories":
+                    page, size = int(query["page"]), int(query["page_size"])
+                    self._json([{"name": f"{stand_in.namespace}/{n}"} for n in names[(page - 1) * size:page * size]])
+                else:
+                    self._json({"error": "not found"}, 404)
+
+            def _json(self, body: object, code: int = 200) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _forward(self) -> None:
+                upstream = http.client.HTTPConnection(stand_in.registry.host, timeout=30)
+                upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for key, value in self.headers.items():  # every Accept header (skopeo sends several)
+                    if key.lower() != "connection":
+                        upstream.putheader(key, value)
+                upstream.endheaders()
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def names(self) -> list[str]:
+        with urllib.request.urlopen(f"{self.registry.url}/v2/_catalog?n=1000", timeout=10) as answer:
+            catalog = json.load(answer)["repositories"]
+        prefix = self.namespace + "/"
+        return sorted(n[len(prefix):] for n in catalog if n.startswith(prefix))
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("kind", ["quay", "harbor"])
+def test_quay_and_harbor_sources_are_discovered_and_mirrored(api, orgs, registry, upstream, database, wsettings,
+                                                             make_worker, kind):
+    stand_in = ListingStandIn(registry, "team")
+    try:
+        admin = orgs.headers("ORGADMIN")
+        configure(api, admin, registry, external_registry_type=kind, external_registry_url=stand_in.url,
+                  external_registry_username="$oauthtoken", external_registry_password="upstream-token",
+                  external_registry_config={"page_size": 2})
+        assert org_worker.discover_due(database, wsettings) == 1
+        assert repositories(api, admin) == {name: ("SYNC_NOW", None) for name in UPSTREAM}
+        if kind == "quay":  # the connection test, then three pages of two (the token: no public=true)
+            assert stand_in.requests == ["/api/v1/user/", "/api/v1/organization/team",
+                                         "/api/v1/repository?namespace=team",
+                                         "/api/v1/repository?namespace=team&next_page=2"]
+        else:  # a full page asks for the next one, the short one stops
+            assert stand_in.requests == ["/api/v2.0/projects/team/repositories?page=1&page_size=2",
+                                         "/api/v2.0/projects/team/repositories?page=2&page_size=2"]
+        sync_all(make_worker())
+        assert repositories(api, admin) == {name: ("SUCCESS", None) for name in UPSTREAM}
+        for name, digests in upstream.items():
+            assert layout_tags(wsettings, f"sellnsmall/{name}") == digests
+    finally:
+        stand_in.close()
