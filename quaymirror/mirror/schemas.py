@@ -166,7 +166,7 @@ def _credential(**kwargs: Any) -> fields.String:
                 **kwargs)
 
 
-def _architectures(**kwargs: Any) -> fields.List:
+def architecture_list(**kwargs: Any) -> fields.List:
     return fields.List(fields.String(validate=validate.Length(max=ARCHITECTURE_MAX)), allow_none=True,
                        validate=validate.Length(max=ARCHITECTURES_MAX), **kwargs)
 
@@ -187,7 +187,7 @@ class UpdateMirrorConfig(Schema):
     robot_username = fields.String(validate=validate.Length(max=ROBOT_MAX))
     root_rule = RootRule()
     skopeo_timeout_interval = StrictInteger(validate=_between(MIN_SKOPEO_TIMEOUT, MAX_INT32))
-    architecture_filter = _architectures()
+    architecture_filter = architecture_list()
 
 
 class CreateMirrorConfig(UpdateMirrorConfig):
@@ -204,7 +204,7 @@ class CreateMirrorConfig(UpdateMirrorConfig):
     root_rule = RootRule(required=True)
     skopeo_timeout_interval = StrictInteger(required=True,
                                             validate=_between(MIN_SKOPEO_TIMEOUT, MAX_INT32))
-    architecture_filter = _architectures(load_default=None)
+    architecture_filter = architecture_list(load_default=None)
 
 
 class ViewMirrorConfig(Schema):

@@ -92,6 +92,10 @@ class OrgMirrorConfig(UpstreamAccess, Base):
     def architecture_filter(self) -> list[str]:
         return decode_list(self.architecture_filter_json)
 
+    @architecture_filter.setter
+    def architecture_filter(self, value: list[str]) -> None:
+        self.architecture_filter_json = json.dumps(list(value))
+
     @property
     def repository_filters(self) -> list[str]:
         return decode_list(self.repository_filters_json)

@@ -27,6 +27,7 @@ from quaymirror.mirror.schemas import (
     StrictInteger,
     _between,
     _credential,
+    architecture_list,
 )
 from quaymirror.orgmirror.models import SOURCE_TYPES, OrgMirrorRepoStatus
 from quaymirror.schemas import INT64_MAX, INT64_MIN, IsoDate, QuayDate, Query, View
@@ -80,6 +81,12 @@ def _filters(**kwargs: Any) -> fields.List:
                        validate=validate.Length(max=RULE_PATTERNS_MAX), **kwargs)
 
 
+# Quay keeps the column and never uses it; here it is the repository mirror's platform filter for every
+# repository of the organization.
+ARCHITECTURE_FILTER = ("quaymirror's own: the platforms to mirror of every repository (the repository mirror's "
+                       "architecture_filter); GET shows it when set.")
+
+
 class UpdateOrgMirrorConfig(Schema):
     """PUT: every key optional; only the keys present are loaded (and applied)."""
 
@@ -98,6 +105,7 @@ class UpdateOrgMirrorConfig(Schema):
     external_registry_config = RegistryConfig()
     repository_filters = _filters()
     skopeo_timeout = StrictInteger(validate=_between(MIN_SKOPEO_TIMEOUT, MAX_SKOPEO_TIMEOUT))
+    architecture_filter = architecture_list(metadata={"description": ARCHITECTURE_FILTER})
 
 
 class CreateOrgMirrorConfig(UpdateOrgMirrorConfig):
@@ -120,6 +128,7 @@ class CreateOrgMirrorConfig(UpdateOrgMirrorConfig):
     repository_filters = _filters(load_default=list)
     skopeo_timeout = StrictInteger(load_default=DEFAULT_SKOPEO_TIMEOUT,
                                    validate=_between(MIN_SKOPEO_TIMEOUT, MAX_SKOPEO_TIMEOUT))
+    architecture_filter = architecture_list(load_default=None, metadata={"description": ARCHITECTURE_FILTER})
 
 
 # How many discovered repositories are in each status: every status of the enumeration, in its (Quay's)
@@ -150,6 +159,7 @@ class OrgMirrorConfigView(View):
     repo_sync_status_counts = fields.Nested(RepoSyncStatusCountsView, required=True)
     skopeo_timeout = fields.Integer(required=True)
     creation_date = IsoDate(required=True)
+    architecture_filter = fields.List(fields.String(), metadata={"description": ARCHITECTURE_FILTER})
 
 
 # ------------------------------------------------------------------ the discovered repositories

@@ -26,6 +26,7 @@ from quaymirror.accounts.models import User
 from quaymirror.dates import parse_date
 from quaymirror.errors import InvalidRequest, NotFound
 from quaymirror.mirror import events
+from quaymirror.mirror import service as mirrors
 from quaymirror.mirror.service import UNDECRYPTABLE, Actor
 from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 from quaymirror.orgmirror import repo_sync, status
@@ -135,6 +136,8 @@ def describe(session: Session, config: OrgMirrorConfig, box: SecretBox) -> dict[
         "repo_sync_status_counts": status_counts(session, config),
         "skopeo_timeout": config.skopeo_timeout,
         "creation_date": config.creation_date,
+        # Ours, after Quay's keys and only when set, so that Quay's clients read exactly Quay's body.
+        **({"architecture_filter": config.architecture_filter} if config.architecture_filter else {}),
     }
 
 
@@ -207,6 +210,7 @@ def create(session: Session, organization: User, data: dict[str, Any], *, box: S
     robot = check_robot(session, data["robot_username"], organization)
     start = check_date(data["sync_start_date"])
     check_url(data["external_registry_url"], settings)
+    mirrors.check_architectures(data["architecture_filter"], settings)
     # Concurrent POSTs (and repository creations) for one organization queue here on PostgreSQL.
     session.execute(select(User.id).where(User.id == organization.id).with_for_update())
     # Quay checks for repositories before the existing configuration: a second POST after the worker
@@ -236,6 +240,7 @@ def create(session: Session, organization: User, data: dict[str, Any], *, box: S
     config.store_credentials(box, data["external_registry_username"], data["external_registry_password"])
     config.external_registry_config = data["external_registry_config"]
     config.repository_filters = data["repository_filters"]
+    config.architecture_filter = data["architecture_filter"] or []
     session.add(config)
     try:
         session.flush()
@@ -258,6 +263,8 @@ def update(session: Session, organization: User, data: dict[str, Any], sent: lis
         check_url(data["external_registry_url"], settings)
     robot = check_robot(session, data["robot_username"], organization) if "robot_username" in data else None
     start = check_date(data["sync_start_date"]) if "sync_start_date" in data else None
+    if "architecture_filter" in data:
+        mirrors.check_architectures(data["architecture_filter"], settings)
     old_reference = config.external_reference
     for key in ("is_enabled", "external_registry_url", "external_namespace", "visibility", "sync_interval",
                 "skopeo_timeout"):
@@ -274,6 +281,8 @@ def update(session: Session, organization: User, data: dict[str, Any], sent: lis
         config.external_registry_config = data["external_registry_config"]
     if "repository_filters" in data:
         config.repository_filters = data["repository_filters"]
+    if "architecture_filter" in data:
+        config.architecture_filter = data["architecture_filter"] or []
     session.flush()
     repo_sync.follow_config(session, config)
     _audit(session, CHANGED, organization, actor, updated_fields=sent, old_external_reference=old_reference,

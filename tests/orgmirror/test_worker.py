@@ -115,6 +115,16 @@ def test_discovery_creates_every_repository_and_the_run_mirrors_it(api, orgs, re
     assert f"Successfully synced '{prefix}/alpha': 2 tags" in messages
     assert "Discovery completed: 3 repos discovered, 3 new" in messages
 
+    # The repositories count in the mirror health and in Quay's org-mirror metrics.
+    health = api.get("/api/v1/repository/mirror/health?namespace=sellnsmall", headers=orgs.headers("ALL"))
+    assert health.status_code == 200, health.get_data(as_text=True)
+    assert health.get_json()["repositories"]["total"] == 3
+    assert health.get_json()["repositories"]["completed"] == 3
+    exposition = api.get("/metrics").get_data(as_text=True)
+    assert 'quay_org_mirror_discovery_total{status="success"}' in exposition
+    assert 'quay_org_mirror_repo_sync_total{status="success"}' in exposition
+    assert "quay_org_mirror_repos_discovered 3.0" in exposition
+
     # sync-now: a discovery again, then every repository again: nothing copied (digest skip).
     assert api.post(f"{MIRROR}/sync-now", headers=admin).status_code == 204
     assert org_worker.discover_due(database, wsettings) == 1
@@ -362,8 +372,17 @@ class ListingStandIn:
         self.server.server_close()
 
 
+@pytest.fixture
+def twelve(registry, tmp_path):
+    """Twelve upstream repositories under ``team/``, every third tag a three-platform index:
+    {repository: {tag: digest}}."""
+    return {f"repo{i:02d}": push_images(registry, f"team/repo{i:02d}", ["1.0", "2.0"] if i % 4 == 0 else ["1.0"],
+                                        seed=f"r{i}", workdir=tmp_path / f"repo{i}", multiarch_every=3)
+            for i in range(12)}
+
+
 @pytest.mark.parametrize("kind", ["quay", "harbor"])
-def test_quay_and_harbor_sources_are_discovered_and_mirrored(api, orgs, registry, upstream, database, wsettings,
+def test_quay_and_harbor_sources_are_discovered_and_mirrored(api, orgs, registry, twelve, database, wsettings,
                                                              make_worker, kind):
     stand_in = ListingStandIn(registry, "team")
     try:
@@ -372,17 +391,38 @@ def test_quay_and_harbor_sources_are_discovered_and_mirrored(api, orgs, registry
                   external_registry_username="$oauthtoken", external_registry_password="upstream-token",
                   external_registry_config={"page_size": 2})
         assert org_worker.discover_due(database, wsettings) == 1
-        assert repositories(api, admin) == {name: ("SYNC_NOW", None) for name in UPSTREAM}
-        if kind == "quay":  # the connection test, then three pages of two (the token: no public=true)
+        assert repositories(api, admin) == {name: ("SYNC_NOW", None) for name in twelve}
+        if kind == "quay":  # the connection test, then six pages of two (the token: no public=true)
             assert stand_in.requests == ["/api/v1/user/", "/api/v1/organization/team",
                                          "/api/v1/repository?namespace=team",
-                                         "/api/v1/repository?namespace=team&next_page=2"]
-        else:  # a full page asks for the next one, the short one stops
-            assert stand_in.requests == ["/api/v2.0/projects/team/repositories?page=1&page_size=2",
-                                         "/api/v2.0/projects/team/repositories?page=2&page_size=2"]
-        sync_all(make_worker())
-        assert repositories(api, admin) == {name: ("SUCCESS", None) for name in UPSTREAM}
-        for name, digests in upstream.items():
+                                         *(f"/api/v1/repository?namespace=team&next_page={n}" for n in (2, 4, 6, 8, 10))]
+        else:  # six full pages ask for the next one, the empty seventh stops
+            assert stand_in.requests == [f"/api/v2.0/projects/team/repositories?page={n}&page_size=2"
+                                         for n in range(1, 8)]
+        sync_all(make_worker(worker_concurrency=4))
+        assert repositories(api, admin) == {name: ("SUCCESS", None) for name in twelve}
+        for name, digests in twelve.items():
             assert layout_tags(wsettings, f"sellnsmall/{name}") == digests
     finally:
         stand_in.close()
+
+
+def test_the_architecture_filter_applies_to_every_repository(app_with, orgs, registry, upstream, database,
+                                                             wsettings, make_worker):
+    """quaymirror's own key: only arm64 of each index is mirrored; GET shows the filter once set."""
+    api = app_with(ssrf_allowed_hosts=("127.0.0.1/32",), feature_sparse_index=True).test_client()
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry, architecture_filter=["arm64"])
+    assert api.get(MIRROR, headers=admin).get_json()["architecture_filter"] == ["arm64"]
+    refused = api.put(MIRROR, json={"architecture_filter": ["vax"]}, headers=admin)
+    assert (refused.status_code, refused.get_json()["detail"]) == (400, "Invalid architectures: vax")
+    org_worker.discover_due(database, wsettings)
+    sync_all(make_worker(feature_sparse_index=True))
+    syncs = api.get("/api/v1/repository/sellnsmall/alpha/mirror/syncs", headers=orgs.headers("ALL")).get_json()
+    run = api.get(f"/api/v1/repository/sellnsmall/alpha/mirror/syncs/{syncs['syncs'][0]['id']}",
+                  headers=orgs.headers("ALL")).get_json()
+    platforms = {r["tag"]: r["platforms"] for r in run["tag_results"]}
+    assert platforms["1.0"] == ["linux/arm64"]  # the index: its arm64 image only
+    # Cleared: GET answers Quay's keys only again.
+    assert api.put(MIRROR, json={"architecture_filter": []}, headers=admin).status_code == 200
+    assert "architecture_filter" not in api.get(MIRROR, headers=admin).get_json()
