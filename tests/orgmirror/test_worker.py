@@ -8,11 +8,9 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
-import threading
 import time
 import urllib.parse
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import select
@@ -24,6 +22,7 @@ from quaymirror.orgmirror import worker as org_worker
 from quaymirror.orgmirror.models import OrgMirrorConfig, OrgMirrorRepository, OrgMirrorStatus
 from quaymirror.repositories.models import Repository, RepositoryPermission, RepositoryState
 from tests.common.images import push_images
+from tests.common.loopback import Recorder, Seen
 from tests.common.mirrors import GatedProxy, layout_tags, skopeo_processes
 from tests.common.org_mirror_api import org_mirror_body
 from tests.common.ports import wait_for
@@ -286,80 +285,14 @@ class ListingStandIn:
     registry: it answers Quay's user, organization and repository list endpoints (pages of two, ``next_page``)
     and Harbor's project repositories endpoint (``page``/``page_size``, ``project/name`` names), from the
     registry's own catalog under the namespace, and passes every ``/v2/`` request through to the registry, so
-    skopeo pulls through it. It records the API requests it answered."""
+    skopeo pulls through it. ``requests``: the API requests it answered."""
 
     def __init__(self, registry, namespace: str) -> None:
         self.registry = registry
         self.namespace = namespace
         self.requests: list[str] = []
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_args) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                self._forward()
-
-            def do_GET(self) -> None:
-                url = urllib.parse.urlsplit(self.path)
-                if url.path.startswith("/v2/"):
-                    self._forward()
-                    return
-                stand_in.requests.append(self.path)
-                query = dict(urllib.parse.parse_qsl(url.query))
-                names = stand_in.names()
-                if url.path in ("/api/v1/user/", f"/api/v1/organization/{stand_in.namespace}"):
-                    self._json({"name": stand_in.namespace})
-                elif url.path == "/api/v1/repository" and query.get("namespace") == stand_in.namespace:
-                    start = int(query.get("next_page") or 0)
-                    body: dict = {"repositories": [{"namespace": stand_in.namespace, "name": n}
-                                                   for n in names[start:start + 2]]}
-                    if start + 2 < len(names):
-                        body["next_page"] = str(start + 2)
-                    self._json(body)
-                elif url.path == f"/api/v2.0/projects/{stand_in.namespace}/repositories":
-                    page, size = int(query["page"]), int(query["page_size"])
-                    self._json([{"name": f"{stand_in.namespace}/{n}"} for n in names[(page - 1) * size:page * size]])
-                else:
-                    self._json({"error": "not found"}, 404)
-
-            def _json(self, body: object, code: int = 200) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _forward(self) -> None:
-                upstream = http.client.HTTPConnection(stand_in.registry.host, timeout=30)
-                upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
-                for key, value in self.headers.items():  # every Accept header (skopeo sends several)
-                    if key.lower() != "connection":
-                        upstream.putheader(key, value)
-                upstream.endheaders()
-                answer = upstream.getresponse()
-                data = answer.read()
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                upstream.close()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.recorder = Recorder(answer=self.answer).start()
+        self.url = self.recorder.url
 
     def names(self) -> list[str]:
         with urllib.request.urlopen(f"{self.registry.url}/v2/_catalog?n=1000", timeout=10) as answer:
@@ -367,9 +300,47 @@ class ListingStandIn:
         prefix = self.namespace + "/"
         return sorted(n[len(prefix):] for n in catalog if n.startswith(prefix))
 
+    def answer(self, seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        url = urllib.parse.urlsplit(seen.path)
+        if url.path.startswith("/v2/"):
+            return self.forward(seen)
+        self.requests.append(seen.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        names = self.names()
+        if url.path in ("/api/v1/user/", f"/api/v1/organization/{self.namespace}"):
+            return self.json({"name": self.namespace})
+        if url.path == "/api/v1/repository" and query.get("namespace") == self.namespace:
+            start = int(query.get("next_page") or 0)
+            body: dict = {"repositories": [{"namespace": self.namespace, "name": n} for n in names[start:start + 2]]}
+            if start + 2 < len(names):
+                body["next_page"] = str(start + 2)
+            return self.json(body)
+        if url.path == f"/api/v2.0/projects/{self.namespace}/repositories":
+            page, size = int(query["page"]), int(query["page_size"])
+            return self.json([{"name": f"{self.namespace}/{n}"} for n in names[(page - 1) * size:page * size]])
+        return self.json({"error": "not found"}, 404)
+
+    @staticmethod
+    def json(body: object, code: int = 200) -> tuple[int, dict[str, str], bytes]:
+        return code, {"Content-Type": "application/json"}, json.dumps(body).encode()
+
+    def forward(self, seen: Seen) -> tuple[int, dict[str, str], bytes]:
+        upstream = http.client.HTTPConnection(self.registry.host, timeout=30)
+        try:
+            upstream.putrequest(seen.method, seen.path, skip_host=True, skip_accept_encoding=True)
+            for key, value in seen.items:  # every Accept header (skopeo sends several)
+                if key.lower() != "connection":
+                    upstream.putheader(key, value)
+            upstream.endheaders()
+            answer = upstream.getresponse()
+            data = answer.read()
+            headers = {k: v for k, v in answer.getheaders() if k.lower() not in ("connection", "transfer-encoding")}
+            return answer.status, headers, data
+        finally:
+            upstream.close()
+
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.recorder.stop()
 
 
 @pytest.fixture
