@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.common.ports import free_port
+from tests.common.servers import Process, fixed_dns
 
 pytestmark = pytest.mark.integration  # real `quaymirror serve` processes
 
@@ -38,7 +38,7 @@ def http(url: str, token: str | None = None) -> tuple[int, dict]:
 
 def serve_env(instance: Path, changes: dict[str, str | None] | None = None) -> dict[str, str]:
     """This process's environment without QUAYMIRROR_* settings, on ``instance``, with ``changes`` (None: unset)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("QUAYMIRROR_")}
+    environment = fixed_dns({k: v for k, v in os.environ.items() if not k.startswith("QUAYMIRROR_")})
     environment["QUAYMIRROR_INSTANCE_PATH"] = str(instance)
     for name, value in (changes or {}).items():
         environment.pop(name, None)
@@ -51,31 +51,14 @@ def serve_env(instance: Path, changes: dict[str, str | None] | None = None) -> d
 ALEMBIC_LINES = ("alembic", "setup plugin", "Context impl", "Will assume non-transactional DDL", "Running upgrade")
 
 
-class Server:
-    """A ``quaymirror serve`` process whose output is collected line by line."""
+class Server(Process):
+    """A ``quaymirror serve`` process on ``port`` (a free one by default) in its own environment."""
 
     def __init__(self, instance: Path, *args: str, env: dict[str, str | None] | None = None,
                  cwd: Path | None = None, port: int | None = None) -> None:
         self.port = free_port() if port is None else port
         self.base = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "quaymirror.cli", "serve", "--port", str(self.port), *args],
-            env=serve_env(instance, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self._readers = [threading.Thread(target=self._read, args=(self.process.stdout, self.stdout), daemon=True),
-                         threading.Thread(target=self._read, args=(self.process.stderr, self.stderr), daemon=True)]
-        for reader in self._readers:
-            reader.start()
-
-    @staticmethod
-    def _read(stream, lines: list[str]) -> None:
-        for line in stream:
-            lines.append(line.rstrip("\n"))
-
-    def output(self) -> str:
-        return "\n".join(["--- stdout", *self.stdout, "--- stderr", *self.stderr])
+        super().__init__(["serve", "--port", str(self.port), *args], serve_env(instance, env), cwd=cwd)
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -100,22 +83,17 @@ class Server:
             time.sleep(0.01)
         pytest.fail(f"serve printed no {text!r} within {timeout}s\n{self.output()}")
 
-    def stop(self) -> float:
-        """SIGTERM; the seconds it took to exit."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> float:  # type: ignore[override]
+        """SIGTERM; the seconds it took to exit (a failure after ``timeout``)."""
         started = time.monotonic()
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=STOP_TIMEOUT)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"serve still running {STOP_TIMEOUT}s after SIGTERM\n{self.output()}")
+            pytest.fail(f"serve still running {timeout}s after SIGTERM\n{self.output()}")
         for reader in self._readers:
             reader.join(timeout=5)
         return time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 def printed_token(server: Server) -> str:

@@ -2,22 +2,8 @@
 
 Each row of ``EXPECTED`` is one caller (a token, or none); each column one request. Every cell is
 checked against the real server (gunicorn) on SQLite and PostgreSQL by
-tests/e2e/test_authz_server.py, and a failing test lists every cell that disagrees. The rules (issue 2, Quay's
-``auth/permissions.py``):
-
-* no token, a garbage token, an expired token, a robot's own password used as a bearer: 401
-  ``invalid_token`` "Requires authentication";
-* authenticated without the right: 403 ``insufficient_scope`` "Unauthorized";
-* a repository that does not exist in a namespace the caller administers: 404; a namespace that
-  does not exist: 403;
-* the role on a repository is the caller's permission capped by the token's repo:* scope;
-  namespace owners and org admins hold admin on every repository of the namespace;
-* scopes: ``/user/``, ``/organization/{org}`` and ``/entities/`` any valid token; organization
-  create ``user:admin``; repository create ``repo:create`` + namespace admin; repository read
-  ``repo:read``; admin operations ``repo:admin``; organization robots ``org:admin`` + org admin;
-  the caller's own robots ``user:admin``;
-* superusers pass admin checks only with QUAYMIRROR_SUPERUSERS_FULL_ACCESS on and a token that
-  carries ``super:user``.
+tests/e2e/test_authz_server.py, and a failing test lists every cell that disagrees. The rules the tables
+hold are listed once, in tests/common/authz.py (Quay's ``auth/permissions.py``).
 """
 
 from __future__ import annotations

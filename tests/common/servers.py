@@ -48,9 +48,9 @@ def quaymirror_env(instance: Path, **settings: object) -> dict[str, str]:
 class Process:
     """A quaymirror subprocess whose output is collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         self.args = args
-        self.process = subprocess.Popen([sys.executable, "-m", "quaymirror.cli", *args], env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "quaymirror.cli", *args], env=env, cwd=cwd,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         start_new_session=True)
         self.stdout: list[str] = []
