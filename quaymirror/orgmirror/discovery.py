@@ -51,6 +51,7 @@ from quaymirror.orgmirror.upstream import (
     Upstream,
     authorization,
     base_path,
+    proxy_settings,
     retrying,
     ssl_context,
 )
@@ -64,7 +65,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_PAGES = 1000
 MAX_NAMES = 100_000
-PROXY_FIELDS = ("http_proxy", "https_proxy", "no_proxy")
 
 MSG_AUTH = "Authentication failed: invalid credentials"
 
@@ -94,7 +94,6 @@ class Source:
     def of(cls, config: OrgMirrorConfig, username: str | None, password: str | None) -> Source:
         """The source of ``config`` with its credentials (already decrypted: the caller holds the box)."""
         registry_config = config.external_registry_config
-        proxy = registry_config.get("proxy")
         return cls(
             kind=SourceRegistryType(config.external_registry_type),
             url=config.external_registry_url,
@@ -102,8 +101,7 @@ class Source:
             username=username or None,
             password=password or None,
             verify_tls=registry_config.get("verify_tls") is not False,
-            proxy={key: value for key, value in proxy.items() if key in PROXY_FIELDS and isinstance(value, str)
-                   and value} if isinstance(proxy, dict) else {},
+            proxy=proxy_settings(registry_config),
             page_size=page_size(registry_config),
         )
 

@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from quaymirror.orgmirror.models import SourceRegistryType
@@ -95,6 +95,17 @@ def base_path(url: str) -> str:
     "/prefix"."""
     path = urlsplit(url.rstrip("/")).path
     return path if path and path != "/" else ""
+
+
+PROXY_FIELDS = ("http_proxy", "https_proxy", "no_proxy")
+
+
+def proxy_settings(registry_config: dict[str, Any]) -> dict[str, str]:
+    """``external_registry_config.proxy``'s fields that say something (Quay's three keys, non-empty strings)."""
+    proxy = registry_config.get("proxy")
+    if not isinstance(proxy, dict):
+        return {}
+    return {key: value for key, value in proxy.items() if key in PROXY_FIELDS and isinstance(value, str) and value}
 
 
 def authorization(kind: SourceRegistryType, username: str | None, password: str | None) -> str | None:

@@ -4,8 +4,8 @@ retries here), answered in Quay's words.
 
 The source kinds ask what Quay's adapters ask: Quay its organization (then its user) endpoint with the
 password as a bearer token, Harbor its project with basic credentials, a plain registry its ``/v2/``.
-A configured proxy is not used here: a mirror with a proxy is answered as not checked, as before (the
-discovery tunnels through it, :mod:`quaymirror.orgmirror.discovery`).
+A configured proxy is used as the discovery uses it (an HTTP CONNECT tunnel, the proxy checked by the SSRF
+rules too; ``no_proxy`` hosts direct), as Quay's adapters use theirs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,14 @@ from quaymirror.errors import InvalidRequest
 from quaymirror.orgmirror import service
 from quaymirror.orgmirror.models import OrgMirrorConfig, SourceRegistryType
 from quaymirror.orgmirror.service import SourceUrl
-from quaymirror.orgmirror.upstream import BodyTooLarge, Upstream, authorization, base_path, ssl_context
+from quaymirror.orgmirror.upstream import (
+    BodyTooLarge,
+    Upstream,
+    authorization,
+    base_path,
+    proxy_settings,
+    ssl_context,
+)
 from quaymirror.security import outbound
 from quaymirror.security.secrets import DecryptionFailed, SecretBox
 from quaymirror.settings import Settings
@@ -32,7 +39,6 @@ OK = "Connection successful"
 # Quay words verify's refusal of the URL (any reason) so, unlike POST and PUT's "registry URL".
 MSG_URL = "The provided URL is not allowed"
 MSG_DECRYPT = "Failed to decrypt source registry credentials"
-MSG_PROXY = "Connection test through a proxy is not supported: the worker's discovery will use it"
 
 
 @dataclass(frozen=True)
@@ -94,14 +100,15 @@ def check(config: OrgMirrorConfig, url: SourceUrl, username: str | None, passwor
           settings: Settings) -> Result:
     """Ask the upstream (its URL already checked); a failure to connect is an answer too, never an error."""
     registry_config = config.external_registry_config
-    proxy = registry_config.get("proxy")
-    if isinstance(proxy, dict) and (proxy.get("http_proxy") or proxy.get("https_proxy")):
-        return Result(False, MSG_PROXY)
+    try:  # through the configured proxy, as the discovery goes (the proxy checked by the SSRF rules too)
+        proxies = outbound.Proxies.of(proxy_settings(registry_config))
+    except ValueError as error:
+        return Result(False, f"Invalid proxy configuration: {error}")
     kind = SourceRegistryType(config.external_registry_type)
     upstream = Upstream(url.scheme, url.host, url.port, base_path(config.external_registry_url),
                         authorization(kind, username, password),
                         ssl_context(url.scheme, registry_config.get("verify_tls") is not False),
-                        outbound.Policy.of(settings.ssrf_allowed_hosts))
+                        outbound.Policy.of(settings.ssrf_allowed_hosts), proxies=proxies)
     try:
         return _CHECKS[kind](upstream, config.external_namespace, bool(password))
     except outbound.OutboundRefused:

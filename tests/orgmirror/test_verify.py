@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import pytest
 
+from tests.common.loopback import TunnelProxy
 from tests.common.org_mirror_api import org_mirror_body
 
 MIRROR = "/api/v1/organization/sellnsmall/mirror"
@@ -82,11 +83,25 @@ def test_verify_refuses_a_url_the_rules_now_block(client_allowing_loopback, clie
     assert _StandIn.seen == []
 
 
-def test_verify_with_a_proxy_says_it_was_not_checked(client_allowing_loopback, orgs, upstream):
+def test_verify_goes_through_the_configured_proxy(client_allowing_loopback, orgs, upstream):
+    """A real tunnelling proxy on loopback: verify asks through it, as the discovery does."""
     admin = orgs.headers("ORGADMIN")
     _StandIn.routes = {"/v2/": 200}
+    with TunnelProxy() as proxy:
+        configure(client_allowing_loopback, admin, external_registry_type="registry", external_registry_url=upstream,
+                  external_registry_config={"proxy": {"http_proxy": proxy.url}})
+        body = client_allowing_loopback.post(f"{MIRROR}/verify", headers=admin).get_json()
+    assert body == {"success": True, "message": "Connection successful"}
+    assert [target for target, _ in proxy.connects] == [upstream.removeprefix("http://")]
+    assert [path for path, _ in _StandIn.seen] == ["/v2/"]
+
+
+def test_verify_with_an_unusable_proxy_says_so(client_allowing_loopback, orgs, upstream):
+    admin = orgs.headers("ORGADMIN")
     configure(client_allowing_loopback, admin, external_registry_type="registry", external_registry_url=upstream,
-              external_registry_config={"proxy": {"https_proxy": "http://proxy.example.com:3128"}})
+              external_registry_config={"proxy": {"https_proxy": "ftp://proxy.example.com:3128"}})
     body = client_allowing_loopback.post(f"{MIRROR}/verify", headers=admin).get_json()
-    assert body["success"] is False and "proxy" in body["message"]
+    assert body["success"] is False and body["message"].startswith("Invalid proxy configuration: ")
     assert _StandIn.seen == []
+
+
