@@ -133,6 +133,15 @@ def test_discovery_creates_every_repository_and_the_run_mirrors_it(api, orgs, re
     latest = runs["syncs"][0]
     assert (latest["status"], latest["tags"]["copied"], latest["tags"]["skipped"]) == ("SUCCESS", 0, 2)
 
+    # A tag deleted upstream is deleted here (the mirror created it); the other stays (Quay keeps both).
+    shutil.rmtree(registry.data_dir / "docker/registry/v2/repositories/team/alpha/_manifests/tags/2.0")
+    assert api.post(f"{MIRROR}/sync-now", headers=admin).status_code == 204
+    org_worker.discover_due(database, wsettings)
+    sync_all(worker)
+    assert layout_tags(wsettings, "sellnsmall/alpha") == {"1.0": upstream["alpha"]["1.0"]}
+    latest = api.get("/api/v1/repository/sellnsmall/alpha/mirror/syncs", headers=orgs.headers("ALL")).get_json()
+    assert latest["syncs"][0]["tags"]["deleted"] == 1
+
 
 def test_filters_set_repositories_aside_and_new_ones_appear(api, orgs, registry, upstream, database, wsettings,
                                                            tmp_path):
