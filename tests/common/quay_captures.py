@@ -35,6 +35,14 @@ class Captures:
     def ours(self, text: str) -> str:
         return text.replace(self.placeholder, self.host)
 
+    def expected(self, number: int, exchange: dict[str, Any], deliberate: Deliberate | None) -> tuple[int, str, str]:
+        """The status and body text we answer to pair ``number`` (Quay's, or the ``deliberate`` one), and
+        the prefix that names the pair in a problem line."""
+        recorded = exchange["response_body"]
+        status = deliberate.status if deliberate else exchange["status"]
+        body = deliberate.body(recorded) if deliberate else self.ours(recorded)
+        return status, body, f"pair {number} ({exchange['method']} {exchange['path']}: {exchange['label']})"
+
 
 def invalid_request(detail: str) -> str:
     """Quay's 400 body for a request it refused, as our host answers it."""

@@ -18,18 +18,12 @@ from sqlalchemy import select
 
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
 from quaymirror.repositories.models import Repository, RepositoryState
-from tests.common.quay_captures import (
-    REQUIRES_AUTHENTICATION,
-    Captures,
-    Deliberate,
-    invalid_request,
-    one_line,
-    send,
-)
+from tests.common import quay_captures
+from tests.common.quay_captures import REQUIRES_AUTHENTICATION, Deliberate, invalid_request, one_line
 
 pytestmark = pytest.mark.usefixtures("quay_dns")  # no request of these tests asks the real DNS
 
-RECORDING = Captures.load(Path(__file__).parent / "quay_captures.json")
+RECORDING = quay_captures.Captures.load(Path(__file__).parent / "quay_captures.json")
 EXCHANGES = RECORDING.exchanges
 CORS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Max-Age",
         "Access-Control-Allow-Headers")
@@ -83,10 +77,8 @@ def compare(number: int, exchange: dict[str, Any], response) -> list[str]:
     problems: list[str] = []
     deliberate = DELIBERATE.get(number)
     recorded = exchange["response_body"]
-    status = deliberate.status if deliberate else exchange["status"]
-    expected_body = deliberate.body(recorded) if deliberate else RECORDING.ours(recorded)
+    status, expected_body, prefix = RECORDING.expected(number, exchange, deliberate)
     text = response.get_data(as_text=True)
-    prefix = f"pair {number} ({exchange['method']} {exchange['path']}: {exchange['label']})"
     if response.status_code != status:
         problems.append(f"{prefix}: status {response.status_code}, expected {status}; body {text!r}")
     if expected_body.strip() == "":
@@ -130,7 +122,7 @@ def test_replay_quay_captures(client, world, database):
     replayed = 0
     for exchange in EXCHANGES:
         number = exchange["pair"]
-        response = send(client, exchange, request_headers(exchange), world.tokens, garbage="garbage")
+        response = quay_captures.send(client, exchange, request_headers(exchange), world.tokens, garbage="garbage")
         problems.extend(compare(number, exchange, response))
         replayed += 1
     assert replayed == 66

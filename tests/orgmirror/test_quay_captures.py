@@ -30,18 +30,17 @@ from quaymirror.orgmirror.models import (
 )
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
+from tests.common import quay_captures
 from tests.common.quay_captures import (
     OUR_HOST,
     REQUIRES_AUTHENTICATION,
-    Captures,
     Deliberate,
     invalid_request,
     one_line,
-    send,
 )
 
 # Quay's host stood in its answers with the scheme.
-RECORDING = Captures.load(Path(__file__).parent / "quay_captures.json", host=f"http://{OUR_HOST}")
+RECORDING = quay_captures.Captures.load(Path(__file__).parent / "quay_captures.json", host=f"http://{OUR_HOST}")
 EXCHANGES = RECORDING.exchanges
 CLOCK_DATES = ("creation_date", "sync_start_date", "sync_expiration_date", "discovery_date", "last_sync_date")
 FRACTION = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
@@ -161,11 +160,8 @@ def _clock_dates(number: int, ours_value: Any, recorded: Any, path: str, problem
 def compare(exchange: dict[str, Any], response) -> list[str]:
     number = exchange["n"]
     deliberate = DELIBERATE.get(number)
-    recorded = exchange["response_body"]
-    status = deliberate.status if deliberate else exchange["status"]
-    expected_text = deliberate.body(recorded) if deliberate else RECORDING.ours(recorded)
+    status, expected_text, prefix = RECORDING.expected(number, exchange, deliberate)
     text = response.get_data(as_text=True)
-    prefix = f"pair {number} ({exchange['method']} {exchange['path']}: {exchange['label']})"
     problems: list[str] = []
     if response.status_code != status:
         problems.append(f"{prefix}: status {response.status_code}, expected {status}; body {text!r}")
@@ -212,7 +208,7 @@ def test_replay_quay_captures(quay_client, orgs, database):
         headers = {"Accept": "application/json"}
         if exchange["content_type"]:
             headers["Content-Type"] = exchange["content_type"]
-        response = send(quay_client, exchange, headers, orgs.tokens, garbage="GARBAGE")
+        response = quay_captures.send(quay_client, exchange, headers, orgs.tokens, garbage="GARBAGE")
         problems.extend(compare(exchange, response))
         replayed += 1
     assert replayed == 122
