@@ -18,44 +18,24 @@ Goal: quaymirror <= 0.85 x skopeo sync, and faster than the copy loop.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from benchmarks.common import median, table
-from quaymirror import db as dbmod
-from quaymirror.mirror import status
-from quaymirror.mirror.models import RepoMirrorConfig
-from quaymirror.mirror.worker.runner import Worker
-from quaymirror.settings import Settings
-from tests.common.images import push_images
+from benchmarks.sync_setup import (
+    REPO,
+    TAGS,
+    Quaymirror,
+    arguments,
+    ratio_row,
+    registry,
+    run_trials,
+    settle,
+    source,
+)
 from tests.common.registry import Registry
-
-TAGS = [f"t{i:02d}" for i in range(20)]  # every second one a 3-platform index
-REPO = "ns/repo"
-SECRET = "benchmark-secret-key-0123456789abcdef"
-
-
-@contextlib.contextmanager
-def registry(root: Path) -> Iterator[Registry]:
-    reg = Registry(root)
-    reg.start()
-    try:
-        yield reg
-    finally:
-        reg.stop()
-
-
-@contextlib.contextmanager
-def source(workdir: Path) -> Iterator[Registry]:
-    with registry(workdir / "source") as src:
-        push_images(src, REPO, TAGS, workdir=workdir / "img")
-        yield src
 
 
 def skopeo(*args: str) -> None:
@@ -77,90 +57,30 @@ def skopeo_sync(src: Registry, dest: Registry) -> float:
     return time.monotonic() - t0
 
 
-class Quaymirror:
-    """An embedded (SQLite) quaymirror with one mirror of the source, and a started Worker (no polling)."""
-
-    def __init__(self, workdir: Path, src: Registry, dest: Registry, tag_concurrency: int | None = None) -> None:
-        from tests.common.mirrors import Mirrors
-
-        instance = workdir / f"instance-{dest.port}-{time.time_ns()}"
-        instance.mkdir(parents=True)
-        url = f"sqlite:///{instance / 'quaymirror.db'}"
-        dbmod.upgrade(url)
-        overrides = {"tag_concurrency": tag_concurrency} if tag_concurrency else {}
-        self.settings = Settings(instance_path=instance, database_url=url, secret_key=SECRET,
-                                 storage=f"docker://{dest.host}", storage_tls_verify=False,
-                                 ssrf_allowed_hosts=("127.0.0.1/32",), retry_seconds=0, **overrides)
-        self.database = dbmod.Database(url)
-        self.config_id = Mirrors(self.database, SECRET).create("org/repo", f"{src.host}/{REPO}", ["*"],
-                                                               status=status.RepoMirrorStatus.NEVER_RUN)
-        self.worker = Worker(self.settings, self.database).start(poll=False)
-
-    def sync(self) -> float:
-        """Sync-now -> SUCCESS, in seconds."""
-        t0 = time.monotonic()
-        with self.database.transaction() as session:
-            assert status.request_sync_now(session, session.get(RepoMirrorConfig, self.config_id))
-        assert self.worker.run_pass() == 1
-        assert self.worker.wait_idle(300), "the sync did not finish within 300 s"
-        elapsed = time.monotonic() - t0
-        with self.database.transaction() as session:
-            final = status.RepoMirrorStatus(session.get(RepoMirrorConfig, self.config_id).sync_status)
-        if final != status.RepoMirrorStatus.SUCCESS:
-            raise RuntimeError(f"quaymirror sync ended {final.name}")
-        return elapsed
-
-    def close(self) -> None:
-        self.worker.shutdown(timeout=30)
-        self.database.dispose()
-
-
 METHODS = ["copy loop", "skopeo sync", "quaymirror"]
 
 
-def settle() -> None:
-    """Write back what earlier work left dirty, then let the machine go quiet."""
-    os.sync()
-    time.sleep(0.5)
-
-
-def ratio_row(name: str, value: float, base: float | None) -> list[str]:
-    return [name, f"{value:.3f}", f"{value / base:.2f}" if base else ""]
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trials", type=int, default=3)
-    parser.add_argument("--tag-concurrency", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="rounds run first and not counted: a worker process compiles its statements and "
-                             "loads its code once, and runs for days")
-    args = parser.parse_args()
-    results: dict[str, list[float]] = {method: [] for method in METHODS}
+    args = arguments(__doc__, trials=3)
     with tempfile.TemporaryDirectory(prefix="qm-first-sync-") as tmp:
         work = Path(tmp)
         with source(work) as src:
-            for trial in range(-args.warmup, args.trials):
-                timed: dict[str, float] = {}
-                # The order turns with each trial, and each method starts with no dirty page of the one
+            def run(trial: int, method: str) -> float:
+                # Each method starts with a fresh, empty destination and with no dirty page of the one
                 # before it left to write back (the registries write many small files).
-                for method in METHODS[trial % 3:] + METHODS[:trial % 3]:
-                    with registry(work / f"d{trial}-{method.replace(' ', '-')}") as dest:
-                        qm = Quaymirror(work, src, dest, args.tag_concurrency) if method == "quaymirror" else None
+                with registry(work / f"d{trial}-{method.replace(' ', '-')}") as dest:
+                    if method != "quaymirror":
                         settle()
-                        try:
-                            timed[method] = (qm.sync() if qm is not None else
-                                             copy_loop(src, dest) if method == "copy loop" else skopeo_sync(src, dest))
-                        finally:
-                            if qm is not None:
-                                qm.close()
-                line = ", ".join(f"{k} {timed[k]:.3f}s" for k in METHODS)
-                if trial < 0:
-                    print(f"warm-up (not counted): {line}", flush=True)
-                    continue
-                for k, v in timed.items():
-                    results[k].append(v)
-                print(f"trial {trial + 1}: {line}", flush=True)
+                        return copy_loop(src, dest) if method == "copy loop" else skopeo_sync(src, dest)
+                    qm = Quaymirror(work, src, f"docker://{dest.host}", args.tag_concurrency,
+                                    storage_tls_verify=False)
+                    try:
+                        settle()
+                        return qm.sync()
+                    finally:
+                        qm.close()
+
+            results = run_trials(METHODS, args.trials, args.warmup, run)
     med = {k: median(v) for k, v in results.items()}
     sync = med["skopeo sync"]
     print()

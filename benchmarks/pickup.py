@@ -36,7 +36,7 @@ from benchmarks.common import (
     table,
     wait_http,
 )
-from benchmarks.first_sync import registry
+from benchmarks.sync_setup import registry
 from tests.common.images import push_images
 from tests.common.ports import free_port
 

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import median, table
-from benchmarks.first_sync import REPO, TAGS, Quaymirror, copy_loop, ratio_row, registry, skopeo_sync, source
+from benchmarks.first_sync import copy_loop, skopeo_sync
+from benchmarks.sync_setup import REPO, TAGS, Quaymirror, ratio_row, registry, source
 from quaymirror.mirror.worker.registry_client import RegistryClient
 
 

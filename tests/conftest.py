@@ -6,6 +6,7 @@ modules are plugins, so a test names a fixture and never imports it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,19 @@ OUTSIDE_FIXTURES = frozenset({
 # Whole directories of such tests: the end-to-end tests (real servers) and the support package's own
 # (tests/common/test_harness.py: real registries).
 OUTSIDE_DIRECTORIES = ("e2e", "common")
+
+
+# Where the temporary directories go (``tmp_path``, hence every test's SQLite file): memory, when the
+# machine has a tmpfs and neither TMPDIR nor PYTEST_DEBUG_TEMPROOT says otherwise. Each SQLite commit
+# waits for the disk (fsync); on a machine whose disk is busy (a benchmark, another suite) that doubled
+# the unit tier's time. What a passing test wrote is deleted as it ends (``tmp_path_retention_policy``).
+MEMORY_TEMPROOT = Path("/dev/shm")
+
+
+def pytest_configure(config) -> None:
+    if ("PYTEST_DEBUG_TEMPROOT" not in os.environ and "TMPDIR" not in os.environ
+            and MEMORY_TEMPROOT.is_dir() and os.access(MEMORY_TEMPROOT, os.W_OK | os.X_OK)):
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(MEMORY_TEMPROOT)
 
 
 def pytest_collection_modifyitems(items) -> None:

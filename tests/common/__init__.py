@@ -6,6 +6,7 @@ Helpers (imported by name):
 - ``tests.common.registry``: :class:`Registry`, :func:`hung_server`, :func:`authfile`
 - ``tests.common.images``: :func:`build_layout`, :func:`push_layout`, :func:`push_images`
 - ``tests.common.mirrors``: mirror rows made in the database, a gated proxy, skopeo process scans
+- ``tests.common.quay_captures``: Quay's recorded exchanges, loaded and sent (the two capture replays)
 - ``tests.common.servers``: ``quaymirror serve`` / ``quaymirror worker`` processes; ``tests.common.loopback``:
   recording HTTP servers; ``tests.common.migrations``: alembic revisions
 

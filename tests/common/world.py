@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from quaymirror import db as dbmod
-from tests.common.database import TEST_SECRET
+from tests.common.database import TEST_SECRET, WORLD_SEED, Seed, seed_postgres, seed_sqlite
 
 
 @dataclass
@@ -79,8 +79,7 @@ class World:
         return {"Authorization": f"Bearer {self.tokens[label]}"} if label else {}
 
 
-@pytest.fixture
-def world(database) -> World:
+def build_world(database: dbmod.Database) -> World:
     """The fixture set of Quay's recorded exchanges (see tests/mirror/test_api_quay_captures.py)."""
     w = World(database, TEST_SECRET)
     w.user("devtable", superuser=True)
@@ -97,3 +96,32 @@ def world(database) -> World:
     w.token("reader", "reader", "repo:admin")
     w.token("fresh", "freshuser", "repo:admin")
     return w
+
+
+def _raw_tokens(world: World) -> tuple[dict[str, str], dict[str, str]]:
+    return dict(world.tokens), dict(world.robot_tokens)
+
+
+@pytest.fixture(scope="session")
+def sqlite_world(sqlite_template, tmp_path_factory) -> Seed[tuple[dict[str, str], dict[str, str]]]:
+    """The world built once in a copy of the SQLite template, and its raw tokens."""
+    path = tmp_path_factory.mktemp("sqlite-world") / "world.db"
+    return seed_sqlite(sqlite_template, path, lambda database: _raw_tokens(build_world(database)))
+
+
+@pytest.fixture(scope="session")
+def postgresql_world(postgres_url) -> Seed[tuple[dict[str, str], dict[str, str]]]:
+    """The world built once in the session's PostgreSQL database, its rows and its raw tokens."""
+    return seed_postgres(postgres_url, lambda database: _raw_tokens(build_world(database)))
+
+
+@pytest.fixture
+def world(request, database) -> World:
+    """Quay's initdb fixtures in the test's database. ``database_url`` made that database with the world's
+    rows already in it (the raw tokens come with them); a test module whose ``database_url`` is its own
+    (the end-to-end servers' database) gets them built here."""
+    seed = request.node.stash.get(WORLD_SEED, None)
+    if seed is None:
+        return build_world(database)
+    tokens, robot_tokens = seed.made
+    return World(database, TEST_SECRET, dict(tokens), dict(robot_tokens))

@@ -10,8 +10,6 @@ answer instead. No pair is skipped.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +18,13 @@ from sqlalchemy import select
 
 from quaymirror.mirror.models import RepoMirrorConfig, RepoMirrorRule
 from quaymirror.repositories.models import Repository, RepositoryState
+from tests.common import quay_captures
+from tests.common.quay_captures import REQUIRES_AUTHENTICATION, Deliberate, invalid_request, one_line
 
 pytestmark = pytest.mark.usefixtures("quay_dns")  # no request of these tests asks the real DNS
 
-CAPTURES = json.loads((Path(__file__).parent / "quay_captures.json").read_text())
-EXCHANGES: list[dict[str, Any]] = CAPTURES["exchanges"]
-PLACEHOLDER = CAPTURES["host_placeholder"]
-OUR_HOST = "localhost"  # what Flask's test client sends
-GARBAGE_TOKEN = "notarealtoken"
+RECORDING = quay_captures.Captures.load(Path(__file__).parent / "quay_captures.json")
+EXCHANGES = RECORDING.exchanges
 CORS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Max-Age",
         "Access-Control-Allow-Headers")
 
@@ -37,42 +34,10 @@ def ordered(text: str) -> Any:
     return json.loads(text, object_pairs_hook=list)
 
 
-def ours(text: str) -> str:
-    return text.replace(PLACEHOLDER, OUR_HOST)
-
-
-def invalid_request(detail: str) -> str:
-    return json.dumps({
-        "detail": detail, "error_message": detail, "error_type": "invalid_request", "title": "invalid_request",
-        "type": f"http://{OUR_HOST}/api/v1/error/invalid_request", "status": 400,
-    })
-
-
-REQUIRES_AUTHENTICATION = json.dumps({
-    "detail": "Requires authentication", "error_message": "Requires authentication", "error_type": "invalid_token",
-    "title": "invalid_token", "type": f"http://{OUR_HOST}/api/v1/error/invalid_token", "status": 401,
-})
-
-
 def with_rule(recorded: str, rule: list[str]) -> str:
-    body = json.loads(ours(recorded))
+    body = json.loads(RECORDING.ours(recorded))
     body["root_rule"]["rule_value"] = rule
     return json.dumps(body)
-
-
-@dataclass(frozen=True)
-class Deliberate:
-    """Our answer where design.md / quay-captures.md list a deliberate difference from Quay."""
-
-    why: str
-    status: int
-    body: Callable[[str], str]  # recorded body -> the body we answer
-    quay_headers: bool = True  # Quay's Content-Type and CORS headers still apply
-
-
-def one_line(detail: str) -> Deliberate:
-    return Deliberate("Quay dumps its JSON schema; we answer one readable line naming the field",
-                      400, lambda _recorded: invalid_request(detail))
 
 
 DELIBERATE: dict[int, Deliberate] = {
@@ -103,14 +68,8 @@ DELIBERATE: dict[int, Deliberate] = {
 CORS_ADDED = {16, 29}
 
 
-def request_headers(world, exchange: dict[str, Any]) -> dict[str, str]:
-    headers = {k: ours(v) for k, v in exchange["request_headers"].items() if k != "Host"}
-    token = exchange["token"]
-    if token == "garbage":
-        headers["Authorization"] = f"Bearer {GARBAGE_TOKEN}"
-    elif token is not None:
-        headers["Authorization"] = f"Bearer {world.tokens[token]}"
-    return headers
+def request_headers(exchange: dict[str, Any]) -> dict[str, str]:
+    return {k: RECORDING.ours(v) for k, v in exchange["request_headers"].items() if k != "Host"}
 
 
 def compare(number: int, exchange: dict[str, Any], response) -> list[str]:
@@ -118,10 +77,8 @@ def compare(number: int, exchange: dict[str, Any], response) -> list[str]:
     problems: list[str] = []
     deliberate = DELIBERATE.get(number)
     recorded = exchange["response_body"]
-    status = deliberate.status if deliberate else exchange["status"]
-    expected_body = deliberate.body(recorded) if deliberate else ours(recorded)
+    status, expected_body, prefix = RECORDING.expected(number, exchange, deliberate)
     text = response.get_data(as_text=True)
-    prefix = f"pair {number} ({exchange['method']} {exchange['path']}: {exchange['label']})"
     if response.status_code != status:
         problems.append(f"{prefix}: status {response.status_code}, expected {status}; body {text!r}")
     if expected_body.strip() == "":
@@ -165,11 +122,7 @@ def test_replay_quay_captures(client, world, database):
     replayed = 0
     for exchange in EXCHANGES:
         number = exchange["pair"]
-        body = exchange["request_body"]
-        response = client.open(
-            exchange["path"], method=exchange["method"], headers=request_headers(world, exchange),
-            data=body.encode() if isinstance(body, str) else None,
-        )
+        response = quay_captures.send(client, exchange, request_headers(exchange), world.tokens, garbage="garbage")
         problems.extend(compare(number, exchange, response))
         replayed += 1
     assert replayed == 66

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,49 +30,24 @@ from quaymirror.orgmirror.models import (
 )
 from quaymirror.repositories import service as repositories
 from quaymirror.repositories.models import Repository, RepositoryState
+from tests.common import quay_captures
+from tests.common.quay_captures import (
+    OUR_HOST,
+    REQUIRES_AUTHENTICATION,
+    Deliberate,
+    invalid_request,
+    one_line,
+)
 
-CAPTURES = json.loads((Path(__file__).parent / "quay_captures.json").read_text())
-EXCHANGES: list[dict[str, Any]] = CAPTURES["exchanges"]
-PLACEHOLDER = CAPTURES["host_placeholder"]
-OUR_HOST = "localhost"  # what Flask's test client sends
-GARBAGE_TOKEN = "notarealtoken"
+# Quay's host stood in its answers with the scheme.
+RECORDING = quay_captures.Captures.load(Path(__file__).parent / "quay_captures.json", host=f"http://{OUR_HOST}")
+EXCHANGES = RECORDING.exchanges
 CLOCK_DATES = ("creation_date", "sync_start_date", "sync_expiration_date", "discovery_date", "last_sync_date")
 FRACTION = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z$")
 SECONDS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 ANY_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 SECOND_PRECISION = ("sync_start_date", "sync_expiration_date")
 VERIFY = 112
-
-
-def ours(text: str) -> str:
-    return text.replace(PLACEHOLDER, f"http://{OUR_HOST}")
-
-
-def invalid_request(detail: str) -> str:
-    return json.dumps({
-        "detail": detail, "error_message": detail, "error_type": "invalid_request", "title": "invalid_request",
-        "type": f"http://{OUR_HOST}/api/v1/error/invalid_request", "status": 400,
-    })
-
-
-REQUIRES_AUTHENTICATION = json.dumps({
-    "detail": "Requires authentication", "error_message": "Requires authentication", "error_type": "invalid_token",
-    "title": "invalid_token", "type": f"http://{OUR_HOST}/api/v1/error/invalid_token", "status": 401,
-})
-
-
-@dataclass(frozen=True)
-class Deliberate:
-    """Our answer where the README lists a deliberate difference from Quay."""
-
-    why: str
-    status: int
-    body: Callable[[str], str]  # recorded body -> the body we answer
-
-
-def one_line(detail: str) -> Deliberate:
-    return Deliberate("Quay dumps its JSON schema; we answer one readable line naming the field",
-                      400, lambda _recorded: invalid_request(detail))
 
 
 MISSING = "Missing data for required field."
@@ -186,11 +160,8 @@ def _clock_dates(number: int, ours_value: Any, recorded: Any, path: str, problem
 def compare(exchange: dict[str, Any], response) -> list[str]:
     number = exchange["n"]
     deliberate = DELIBERATE.get(number)
-    recorded = exchange["response_body"]
-    status = deliberate.status if deliberate else exchange["status"]
-    expected_text = deliberate.body(recorded) if deliberate else ours(recorded)
+    status, expected_text, prefix = RECORDING.expected(number, exchange, deliberate)
     text = response.get_data(as_text=True)
-    prefix = f"pair {number} ({exchange['method']} {exchange['path']}: {exchange['label']})"
     problems: list[str] = []
     if response.status_code != status:
         problems.append(f"{prefix}: status {response.status_code}, expected {status}; body {text!r}")
@@ -235,15 +206,9 @@ def test_replay_quay_captures(quay_client, orgs, database):
                 SETUPS[exchange["n"]](session)
             continue
         headers = {"Accept": "application/json"}
-        if exchange["token"] == "GARBAGE":
-            headers["Authorization"] = f"Bearer {GARBAGE_TOKEN}"
-        elif exchange["token"] is not None:
-            headers["Authorization"] = f"Bearer {orgs.tokens[exchange['token']]}"
         if exchange["content_type"]:
             headers["Content-Type"] = exchange["content_type"]
-        body = exchange["request_body"]
-        response = quay_client.open(exchange["path"], method=exchange["method"], headers=headers,
-                                    data=body.encode() if isinstance(body, str) else None)
+        response = quay_captures.send(quay_client, exchange, headers, orgs.tokens, garbage="GARBAGE")
         problems.extend(compare(exchange, response))
         replayed += 1
     assert replayed == 122
