@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from benchmarks.common import median, table
+from benchmarks.sync_setup import registry, settle
 from quaymirror import db as dbmod
 from quaymirror.app import create_app
 from quaymirror.db import utcnow
@@ -48,16 +48,6 @@ from tests.common.world import World
 
 SECRET = "benchmark-secret-key-0123456789abcdef"
 ORG = "bench"
-
-
-@contextlib.contextmanager
-def registry(root: Path) -> Iterator[Registry]:
-    reg = Registry(root)
-    reg.start()
-    try:
-        yield reg
-    finally:
-        reg.stop()
 
 
 def replicate(reg: Registry, seed: str, namespace: str, count: int) -> None:
@@ -203,7 +193,7 @@ def main() -> None:
                 # The two syncs alternate which goes first, each into an empty registry.
                 order = ["skopeo sync", "quaymirror"] if trial % 2 == 0 else ["quaymirror", "skopeo sync"]
                 for method in order:
-                    os.sync()
+                    settle()
                     with registry(workdir / f"dest-{trial}-{method.replace(' ', '-')}") as dest:
                         if method == "skopeo sync":
                             results[method].append(skopeo_sync(workdir, upstream, dest, names))
