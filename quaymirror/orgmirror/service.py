@@ -28,7 +28,6 @@ from quaymirror.errors import InvalidRequest, NotFound
 from quaymirror.mirror import events
 from quaymirror.mirror import service as mirrors
 from quaymirror.mirror.service import UNDECRYPTABLE, Actor
-from quaymirror.mirror.worker.policy import MAX_SYNC_RETRIES
 from quaymirror.orgmirror import repo_sync, status
 from quaymirror.orgmirror.models import (
     OrgMirrorConfig,
@@ -232,11 +231,8 @@ def create(session: Session, organization: User, data: dict[str, Any], *, box: S
         visibility=data["visibility"],
         sync_interval=data["sync_interval"],
         sync_start_date=start,
-        sync_expiration_date=None,
-        sync_retries_remaining=MAX_SYNC_RETRIES,
-        sync_status=OrgMirrorStatus.NEVER_RUN,
         skopeo_timeout=data["skopeo_timeout"],
-    )
+    )  # the status, retries and claim: the columns' defaults (never run, Quay's three retries, none)
     config.store_credentials(box, data["external_registry_username"], data["external_registry_password"])
     config.external_registry_config = data["external_registry_config"]
     config.repository_filters = data["repository_filters"]

@@ -72,6 +72,13 @@ def sync_all(worker, timeout: float = 120) -> None:
         pass
 
 
+def runs_finished(database) -> bool:
+    """Every sync run opened so far has recorded its end (and at least one was opened)."""
+    with database.transaction() as session:
+        ends = session.scalars(select(MirrorSyncRun.finished)).all()
+    return bool(ends) and all(end is not None for end in ends)
+
+
 def config_row(database) -> OrgMirrorConfig:
     with database.transaction() as session:
         config = session.scalars(select(OrgMirrorConfig)).one()
@@ -259,6 +266,7 @@ def test_sync_cancel_stops_the_running_copies_within_two_seconds(api, orgs, regi
         stopped = time.monotonic() - t0
         wait_for(lambda: {s for s, _ in repositories(api, admin).values()} == {"CANCEL"}, 10,
                  what="every repository cancelled")
+        wait_for(lambda: runs_finished(database), 10, what="the runs to record their end")
     assert stopped <= 2, stopped
     with database.transaction() as session:
         statuses = {c.sync_status for c in session.scalars(select(RepoMirrorConfig))}
