@@ -89,46 +89,51 @@ def create_mirrors(session: Session, config: OrgMirrorConfig) -> int:
     existing = {repository.name: repository for repository in session.scalars(
         select(Repository).where(Repository.namespace_id == config.organization_id,
                                  Repository.name.in_([row.repository_name for row in pending])))}
-    created = 0
+    mirrored = set(session.scalars(select(RepoMirrorConfig.repository_id).where(
+        RepoMirrorConfig.repository_id.in_([r.id for r in existing.values()])))) if existing else set()
+    # In three batches (one flush each, whatever the number of repositories): the repositories, then their
+    # permissions and tag rules, then their configurations; each batch needs the ids of the one before.
+    linked: list[tuple[OrgMirrorRepository, Repository]] = []
+    created: list[tuple[OrgMirrorRepository, Repository]] = []
     for row in pending:
-        reference = f"{prefix}/{row.repository_name}"
         repository = existing.get(row.repository_name)
-        if repository is None:
-            try:
-                validate_repository_name(row.repository_name)
-            except InvalidRequest as refused:
-                status.creation_failed(session, row.id,
-                                       f"Failed to create local repository for '{row.repository_name}'")
-                audit.record(session, REPO_CREATION_FAILED, performer_id=config.internal_robot_id,
-                             namespace=organization.username, external_reference=reference,
-                             error=refused.detail)
-                continue
-            repository = Repository(namespace_id=config.organization_id, name=row.repository_name,
-                                    visibility=config.visibility, state=int(RepositoryState.ORG_MIRROR))
-            session.add(repository)
-            session.flush()
-            session.add(RepositoryPermission(repository_id=repository.id, user_id=config.internal_robot_id,
-                                             role="admin"))
-            audit.record(session, REPO_CREATED, repository_id=repository.id, performer_id=config.internal_robot_id,
-                         namespace=organization.username, repo=row.repository_name, external_reference=reference,
-                         visibility=config.visibility, via_org_mirror=True)
-            created += 1
-        elif session.scalars(select(RepoMirrorConfig.id).where(RepoMirrorConfig.repository_id == repository.id)
-                             ).first() is not None:
-            continue  # a repository mirror of its own (from before the organization mirror): left alone
+        if repository is not None:
+            if repository.id not in mirrored:  # else a repository mirror of its own: left alone
+                linked.append((row, repository))
+            continue
+        try:
+            validate_repository_name(row.repository_name)
+        except InvalidRequest as refused:
+            status.creation_failed(session, row.id, f"Failed to create local repository for '{row.repository_name}'")
+            audit.record(session, REPO_CREATION_FAILED, performer_id=config.internal_robot_id,
+                         namespace=organization.username, external_reference=f"{prefix}/{row.repository_name}",
+                         error=refused.detail)
+            continue
+        created.append((row, Repository(namespace_id=config.organization_id, name=row.repository_name,
+                                        visibility=config.visibility, state=int(RepositoryState.ORG_MIRROR))))
+    session.add_all([repository for _, repository in created])
+    session.flush()
+    for row, repository in created:
+        session.add(RepositoryPermission(repository_id=repository.id, user_id=config.internal_robot_id, role="admin"))
+        audit.record(session, REPO_CREATED, repository_id=repository.id, performer_id=config.internal_robot_id,
+                     namespace=organization.username, repo=row.repository_name,
+                     external_reference=f"{prefix}/{row.repository_name}", visibility=config.visibility,
+                     via_org_mirror=True)
+    rules = [(row, repository, RepoMirrorRule(repository_id=repository.id, rule_value=ALL_TAGS))
+             for row, repository in linked + created]
+    session.add_all([rule for _, _, rule in rules])
+    session.flush()
+    for row, repository, rule in rules:
         row.repository_id = repository.id
-        rule = RepoMirrorRule(repository_id=repository.id, rule_value=ALL_TAGS)
-        session.add(rule)
-        session.flush()
         session.add(RepoMirrorConfig(
             repository_id=repository.id, org_mirror_repository_id=row.id, is_enabled=config.is_enabled,
-            internal_robot_id=config.internal_robot_id, external_reference=reference,
+            internal_robot_id=config.internal_robot_id, external_reference=f"{prefix}/{row.repository_name}",
             architecture_filter_json=config.architecture_filter_json, sync_interval=config.sync_interval,
             sync_start_date=None, sync_status=RepoMirrorStatus.NEVER_RUN, root_rule_id=rule.id,
             skopeo_timeout=config.skopeo_timeout,
         ))
     session.flush()
-    return created
+    return len(created)
 
 
 def set_aside(session: Session, config_id: int, names: Sequence[str], message: str) -> None:

@@ -414,3 +414,20 @@ def test_the_architecture_filter_applies_to_every_repository(app_with, orgs, reg
     # Cleared: GET answers Quay's keys only again.
     assert api.put(MIRROR, json={"architecture_filter": []}, headers=admin).status_code == 200
     assert "architecture_filter" not in api.get(MIRROR, headers=admin).get_json()
+
+
+def test_a_name_quays_repository_rule_refuses_fails_its_row_only(api, orgs, registry, upstream, database,
+                                                                 wsettings, tmp_path):
+    """A nested upstream name (``team/sub/app``) cannot be a repository here: that row fails with Quay's
+    message and entry; the others are created."""
+    push_images(registry, "team/sub/app", ["1.0"], seed="nested", workdir=tmp_path / "nested", multiarch_every=100)
+    admin = orgs.headers("ORGADMIN")
+    configure(api, admin, registry)
+    assert org_worker.discover_due(database, wsettings) == 1
+    listed = repositories(api, admin)
+    assert listed["sub/app"] == ("FAIL", "Failed to create local repository for 'sub/app'")
+    assert {listed[name][0] for name in UPSTREAM} == {"SYNC_NOW"}
+    with database.transaction() as session:
+        [entry] = audit.entries(session, "org_mirror_repo_creation_failed")
+        assert entry.metadata_["external_reference"] == f"{registry.host}/team/sub/app"
+        assert entry.metadata_["error"] == "Invalid repository name"
