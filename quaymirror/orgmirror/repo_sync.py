@@ -58,15 +58,11 @@ def upstream_prefix(config: OrgMirrorConfig) -> str:
     return f"{host}/{config.external_namespace}"
 
 
-def managed(config_id: int) -> ColumnElement[bool]:
-    """The repository mirror configurations the organization mirror ``config_id`` keeps."""
-    rows = select(OrgMirrorRepository.id).where(OrgMirrorRepository.org_mirror_config_id == config_id)
-    return RepoMirrorConfig.org_mirror_repository_id.in_(rows.scalar_subquery())
-
-
-def _managed_of(rows: ColumnElement[bool]) -> ColumnElement[bool]:
-    return RepoMirrorConfig.org_mirror_repository_id.in_(select(OrgMirrorRepository.id).where(rows)
-                                                         .scalar_subquery())
+def managed(config_id: int, *rows: ColumnElement[bool]) -> ColumnElement[bool]:
+    """The repository mirror configurations the organization mirror ``config_id`` keeps (of its discovered rows
+    matching ``rows``, when given)."""
+    found = select(OrgMirrorRepository.id).where(OrgMirrorRepository.org_mirror_config_id == config_id, *rows)
+    return RepoMirrorConfig.org_mirror_repository_id.in_(found.scalar_subquery())
 
 
 # ------------------------------------------------------------------ creation, at discovery
@@ -140,7 +136,7 @@ def set_aside(session: Session, config_id: int, names: Sequence[str], message: s
     """Rows set aside (SKIP) stop syncing: their configurations are disabled, a queued sync is dropped."""
     if not status.skip(session, config_id, names, message):
         return
-    aside = _managed_of(OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.SKIP) & managed(config_id)
+    aside = managed(config_id, OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.SKIP)
     session.execute(update(RepoMirrorConfig).where(aside).values(is_enabled=False)
                     .execution_options(synchronize_session=False))
     mirror_status.cancel_many(session, aside & (RepoMirrorConfig.sync_status == RepoMirrorStatus.SYNC_NOW))
@@ -150,7 +146,7 @@ def take_back(session: Session, config: OrgMirrorConfig, names: Sequence[str]) -
     """Rows found again: never run (the schedule step then queues them), their configurations enabled."""
     if not status.unskip(session, config.id, names):
         return
-    back = managed(config.id) & _managed_of(OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.NEVER_RUN)
+    back = managed(config.id, OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.NEVER_RUN)
     session.execute(update(RepoMirrorConfig).where(back).values(is_enabled=config.is_enabled)
                     .execution_options(synchronize_session=False))
     mirror_status.reset_many(session, back)
@@ -160,15 +156,11 @@ def schedule(session: Session, config_id: int, *, sync_now: bool) -> int:
     """Quay's last discovery step: after a sync-now every repository not set aside nor running is queued;
     otherwise those never run or cancelled. The rows and their configurations alike; how many were queued."""
     now = utcnow()
-    if sync_now:
-        queued = status.schedule(session, config_id, None, now)
-        mirror_status.schedule_many(session, managed(config_id) & _managed_of(
-            OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.SYNC_NOW), None, now)
-        return queued
-    queued = status.schedule(session, config_id, [OrgMirrorRepoStatus.NEVER_RUN, OrgMirrorRepoStatus.CANCEL], now)
-    mirror_status.schedule_many(session, managed(config_id) & _managed_of(
-        OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.SYNC_NOW),
-        [RepoMirrorStatus.NEVER_RUN, RepoMirrorStatus.CANCEL], now)
+    rows = None if sync_now else [OrgMirrorRepoStatus.NEVER_RUN, OrgMirrorRepoStatus.CANCEL]
+    queued = status.schedule(session, config_id, rows, now)
+    mirror_status.schedule_many(
+        session, managed(config_id, OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.SYNC_NOW),
+        None if sync_now else [RepoMirrorStatus.NEVER_RUN, RepoMirrorStatus.CANCEL], now)
     return queued
 
 
@@ -185,17 +177,15 @@ def follow_config(session: Session, config: OrgMirrorConfig) -> None:
     row: enabled, interval, timeout, robot, platforms, reference); the upstream and credentials are read from
     the organization's row at each run's start anyway."""
     session.execute(update(RepoMirrorConfig).where(managed(config.id)).values(
-        is_enabled=config.is_enabled, sync_interval=config.sync_interval, skopeo_timeout=config.skopeo_timeout,
+        sync_interval=config.sync_interval, skopeo_timeout=config.skopeo_timeout,
         internal_robot_id=config.internal_robot_id, architecture_filter_json=config.architecture_filter_json,
-    ).execution_options(synchronize_session=False))
-    session.execute(update(RepoMirrorConfig).where(managed(config.id)).values(
         external_reference=upstream_prefix(config) + "/" + select(OrgMirrorRepository.repository_name).where(
             OrgMirrorRepository.id == RepoMirrorConfig.org_mirror_repository_id).scalar_subquery(),
     ).execution_options(synchronize_session=False))
-    # Rows set aside stay disabled whatever the organization's switch says.
+    # The organization's switch, but rows set aside stay disabled.
     session.execute(update(RepoMirrorConfig).where(
-        managed(config.id) & _managed_of(OrgMirrorRepository.sync_status == OrgMirrorRepoStatus.SKIP)
-    ).values(is_enabled=False).execution_options(synchronize_session=False))
+        managed(config.id, OrgMirrorRepository.sync_status != OrgMirrorRepoStatus.SKIP)
+    ).values(is_enabled=config.is_enabled).execution_options(synchronize_session=False))
 
 
 # ------------------------------------------------------------------ the run's source and listener

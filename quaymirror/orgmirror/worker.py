@@ -115,18 +115,14 @@ def discover(database: Database, settings: Settings, candidate: status.DueConfig
         organization = config.organization.username
         _config_audit(session, config, repo_sync.SYNC_STARTED,
                       f"Starting repository discovery for organization '{organization}'")
-        failure: str | None = None
-        source: discovery.Source | None = None
         try:
             box = SecretBox(settings.secret_key)
             source = discovery.Source.of(config, box.decrypt(config.external_registry_username),
                                          box.decrypt(config.external_registry_password))
         except DecryptionFailed as error:
-            failure = f"Failed to decrypt source registry credentials: {str(error)[:ERROR_EXCERPT]}"
+            return _failed(session, config, token,
+                           f"Failed to decrypt source registry credentials: {str(error)[:ERROR_EXCERPT]}", began)
         patterns = list(config.repository_filters)
-        if failure is not None:
-            return _failed(session, config, token, failure, began)
-    assert source is not None
     log.info("organization mirror of %s: discovering %s", organization, source.base)
     try:
         names = discovery.list_repositories(source, settings)
