@@ -11,6 +11,7 @@ from quaymirror.mirror.models import (  # noqa: F401
     RepoMirrorConfig,
     RepoMirrorRule,
 )
+from quaymirror.notifications.models import NotificationAttempt, NotificationDelivery, RepositoryNotification
 from quaymirror.orgmirror.models import OrgMirrorConfig, OrgMirrorRepository
 from quaymirror.repositories.models import Repository, RepositoryPermission
 
@@ -18,12 +19,15 @@ __all__ = [
     "AccessToken",
     "Base",
     "LogEntry",
+    "NotificationAttempt",
+    "NotificationDelivery",
     "OrgMirrorConfig",
     "OrgMirrorRepository",
     "OrganizationMember",
     "RepoMirrorConfig",
     "RepoMirrorRule",
     "Repository",
+    "RepositoryNotification",
     "RepositoryPermission",
     "User",
 ]
