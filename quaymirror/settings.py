@@ -80,6 +80,13 @@ def _log_level(name: str, raw: str) -> str:
 SPARSE_FALLBACKS = ("fail", "filtered")
 
 
+def _url_scheme(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("http", "https"):
+        raise SettingsError(f"{name} must be http or https, not {raw!r}")
+    return value
+
+
 def _sparse_fallback(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in SPARSE_FALLBACKS:
@@ -242,6 +249,10 @@ class Settings:
     max_content_length: int = 1024 * 1024
     # GET /mirror answers from a per-process cache while the database is unchanged (quaymirror.readcache).
     read_cache: bool = field(default=True, metadata=env(_bool, blank_is_default=True))
+    # Quay's SERVER_HOSTNAME and PREFERRED_URL_SCHEME: how notifications name this service (their
+    # ``docker_url`` and ``homepage``).
+    server_hostname: str = field(default="localhost:8080", metadata=env(_text, blank_is_default=True))
+    preferred_url_scheme: str = field(default="http", metadata=env(_url_scheme, blank_is_default=True))
     # The level of the long-running commands' logs (serve, worker): one of LOG_LEVELS.
     log_level: str = field(default="INFO", metadata=env(_log_level))
 
