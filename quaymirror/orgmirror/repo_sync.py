@@ -13,7 +13,7 @@ plugged into :class:`~quaymirror.mirror.worker.run.MirrorRun`:
   repository and no credential is copied;
 * its **listener** (:class:`OrgRepositoryLog`): Quay's organization-mirror audit entries instead of the
   repository mirror's, and the discovered row follows the run's status, so the organization's repository
-  list and counts say what the worker does.
+  list and counts say what the worker does; and the repository's notifications, as a repository mirror's.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from quaymirror.mirror.worker.reasons import RunFailed
 from quaymirror.mirror.worker.recorder import RecordedRun, RunListener, RunOutcome
 from quaymirror.mirror.worker.run_audit import write_entry
 from quaymirror.mirror.worker.run_config import Mirror, upstream_access
+from quaymirror.notifications.run_events import MirrorNotifications
 from quaymirror.orgmirror import status
 from quaymirror.orgmirror.models import OrgMirrorConfig, OrgMirrorRepository, OrgMirrorRepoStatus
 from quaymirror.repositories.models import Repository, RepositoryPermission, RepositoryState
@@ -261,4 +262,4 @@ class OrgRepositoryLog(RunListener):
 def run_parts(database: Database, settings: Settings, config_id: int, row_id: int) -> dict[str, Any]:
     """What :class:`~quaymirror.mirror.worker.run.MirrorRun` takes for a discovered repository's run."""
     return {"source": functools.partial(load_mirror, database, settings, config_id),
-            "listeners": (OrgRepositoryLog(row_id),)}
+            "listeners": (OrgRepositoryLog(row_id), MirrorNotifications(settings))}

@@ -39,9 +39,15 @@ from quaymirror.mirror.worker.run_config import MirrorSource, load_mirror
 from quaymirror.mirror.worker.skopeo import ProcessGroup, RunFiles, Stopped, StopReason
 from quaymirror.mirror.worker.steps import PIPELINE, TagContext, TagPlan, TagStep
 from quaymirror.mirror.worker.tags import filter_tags
+from quaymirror.notifications.run_events import MirrorNotifications
 from quaymirror.settings import Settings
 
 log = logging.getLogger(RUN_LOGGER)
+
+
+def default_listeners(settings: Settings) -> tuple[RunListener, ...]:
+    """What hears a repository mirror's run: Quay's audit entries and the repository's notifications."""
+    return QuayAuditLog(), MirrorNotifications(settings)
 
 
 class MirrorRun:
@@ -49,7 +55,7 @@ class MirrorRun:
 
     ``source`` gives the run's configuration (default: the claimed ``repomirrorconfig`` row);
     ``tag_steps`` is each tag's pipeline; ``listeners`` hear what the run records (default: Quay's
-    audit entries); ``finishing`` is called just before the run releases its claim.
+    audit entries and the notifications); ``finishing`` is called just before the run releases its claim.
     """
 
     def __init__(self, settings: Settings, database: Database, claimed: Claimed, group: ProcessGroup, *,
@@ -62,7 +68,7 @@ class MirrorRun:
         self.source = source or functools.partial(load_mirror, database, settings, claimed.config_id)
         self.tag_steps = tuple(tag_steps)
         self.recorder = RunRecorder(settings, database, claimed, finishing=finishing,
-                                    listeners=(QuayAuditLog(),) if listeners is None else listeners)
+                                    listeners=default_listeners(settings) if listeners is None else listeners)
         self._files: RunFiles | None = None
         self._context: TagContext | None = None
 

@@ -22,13 +22,15 @@ from quaymirror.mirror.worker.recorder import RecordedRun, RunListener, RunOutco
 
 # How much of skopeo's output an audit entry keeps (its tail).
 AUDIT_OUTPUT = 4000
+# Quay's kinds of a run's start and end (also the names of the repository notifications' events).
+SYNC_STARTED, SYNC_SUCCESS, SYNC_FAILED = "repo_mirror_sync_started", "repo_mirror_sync_success", "repo_mirror_sync_failed"
 
 
 class QuayAuditLog(RunListener):
     """Writes Quay's audit entries of a run."""
 
     def run_started(self, session: Session, run: RecordedRun) -> None:
-        write_entry(session, run, "repo_mirror_sync_started", verb="start", message=run.mirror.pattern_message)
+        write_entry(session, run, SYNC_STARTED, verb="start", message=run.mirror.pattern_message)
 
     def tag_recorded(self, session: Session, run: RecordedRun, result: TagResult) -> None:
         source = f"Source 'docker://{run.mirror.reference}:{result.tag}'"
@@ -41,17 +43,29 @@ class QuayAuditLog(RunListener):
                    stderr=result.stderr or result.message, reason=result.reason)
 
     def run_finished(self, session: Session, run: RecordedRun, outcome: RunOutcome) -> None:
-        names = list(outcome.matched or [])
-        pattern = run.mirror.pattern_message
-        if outcome.status == RunStatus.SUCCESS:
-            write_entry(session, run, "repo_mirror_sync_success", verb="end", message=pattern,
-                   tags=", ".join(names) if names else "No tags matched")
-        elif outcome.status == RunStatus.CANCEL:
-            write_entry(session, run, "repo_mirror_sync_failed", verb="cancelled", message=pattern,
-                   tags=", ".join(names), reason=reasons.CANCELLED)
-        elif outcome.status == RunStatus.FAIL:
-            write_entry(session, run, "repo_mirror_sync_failed", verb="end", **_failure(pattern, outcome, names),
-                   stdout=outcome.stdout, stderr=outcome.stderr, reason=outcome.reason)
+        entry = final_entry(run, outcome)
+        if entry is not None:
+            write_entry(session, run, entry[0], **entry[1])
+
+
+def final_entry(run: RecordedRun, outcome: RunOutcome) -> tuple[str, dict[str, Any]] | None:
+    """Quay's last entry of a run that ended: its kind and metadata (None: interrupted, it did not end).
+
+    Quay's worker sends the same kind and ``message`` as the repository's notification of the run's end, so
+    the notifications take them from here.
+    """
+    names = list(outcome.matched or [])
+    pattern = run.mirror.pattern_message
+    if outcome.status == RunStatus.SUCCESS:
+        return SYNC_SUCCESS, {"verb": "end", "message": pattern,
+                              "tags": ", ".join(names) if names else "No tags matched"}
+    if outcome.status == RunStatus.CANCEL:
+        return SYNC_FAILED, {"verb": "cancelled", "message": pattern, "tags": ", ".join(names),
+                             "reason": reasons.CANCELLED}
+    if outcome.status == RunStatus.FAIL:
+        return SYNC_FAILED, {"verb": "end", **_failure(pattern, outcome, names), "stdout": outcome.stdout,
+                             "stderr": outcome.stderr, "reason": outcome.reason}
+    return None
 
 
 def _failure(pattern: str, outcome: RunOutcome, names: list[str]) -> dict[str, str | None]:
