@@ -223,7 +223,8 @@ class Settings:
     storage_password: str | None = field(default=None, repr=False, metadata=env(_text, blank_is_default=True))
     storage_tls_verify: bool = field(default=True, metadata=env(_bool, blank_is_default=True))
     worker_poll_seconds: float = field(default=10.0, metadata=env(_number(float, 0.05)))
-    worker_concurrency: int = field(default=2, metadata=env(_number(int, 1)))
+    # 4: many small mirrors (an organization's) sync 1.26 x faster than at 2 on 2 cores (benchmarks.org_mirror).
+    worker_concurrency: int = field(default=4, metadata=env(_number(int, 1)))
     tag_concurrency: int = field(default=8, metadata=env(_number(int, 1)))
     lease_seconds: int = field(default=600, metadata=env(_number(int, 1)))
     # Each worker renews its heartbeat row this often; the row is stale after heartbeat.STALE_BEATS of these.

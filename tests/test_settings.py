@@ -34,8 +34,8 @@ def test_embedded_default(tmp_path, monkeypatch):
     assert settings.max_content_length == 1024 * 1024
     assert (settings.api_workers, settings.api_threads) == (2, 2)
     # the measured defaults for 2 cores (README, Tuning): the environment's default and the dataclass's agree
-    assert (settings.worker_concurrency, settings.tag_concurrency) == (2, 8)
-    assert (Settings.worker_concurrency, Settings.tag_concurrency) == (2, 8)
+    assert (settings.worker_concurrency, settings.tag_concurrency) == (4, 8)
+    assert (Settings.worker_concurrency, Settings.tag_concurrency) == (4, 8)
     key_file = tmp_path / "instance" / "secret_key"
     assert settings.secret_key == key_file.read_text().strip()
     assert len(settings.secret_key) >= 32
